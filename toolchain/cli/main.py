@@ -1,0 +1,91 @@
+"""The `toolchain` command: one typer app, one module per command group.
+
+Errors a user can cause are `ToolchainError`s: printed as one line of what went wrong and one line
+of what to do, exit code 1 (usage errors 2); a traceback only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from toolchain import __version__
+from toolchain.cli import models as models_cli
+from toolchain.errors import ToolchainError
+
+app = typer.Typer(name="toolchain", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
+                  help="PyTorch CNN -> verified INT8 ONNX -> measured on an embedded ARM target.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """toolchain: train, export, quantize, deploy and benchmark small CNNs."""
+
+
+app.command("models")(models_cli.models)
+
+
+def _register_optional_groups() -> None:
+    # Command groups of later pipeline stages register themselves here as they land.
+    import importlib
+
+    for module_name in ("train", "pipeline", "bench", "deploy"):
+        try:
+            module = importlib.import_module(f"toolchain.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"toolchain.cli.{module_name}":
+                raise
+            continue
+        module.register(app)
+
+
+_register_optional_groups()
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        result = app(args=args, prog_name="toolchain", standalone_mode=False)
+    except ToolchainError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {error.message}", file=sys.stderr)
+        if error.hint:
+            print(f"hint: {error.hint}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as error:  # usage errors from the (vendored) click parser
+        show = getattr(error, "show", None)
+        if show:
+            show()
+        else:
+            print(f"error: {error.message}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:  # a bug, not a user error: say so, keep the detail behind --debug
+        if debug:
+            traceback.print_exc()
+        print(f"error: internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        print("hint: rerun with --debug and report the traceback", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)
