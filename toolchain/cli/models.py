@@ -1,4 +1,7 @@
-"""`toolchain models`: the zoo with parameters, MACs, measured and paper sizes."""
+"""`toolchain models`: the zoo with parameters, MACs, measured and paper sizes.
+
+Heavy libraries (torch) are imported inside the command, so `toolchain --help` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import typer
 from toolchain.cli.options import JsonOption
 from toolchain.cli.output import emit_json, table
 from toolchain.errors import UnknownModelError
-from toolchain.models import count_macs, count_parameters, list_models, state_dict_bytes
 
 
 def _dataset_classes(dataset: str) -> int:
@@ -23,6 +25,8 @@ def models(
     json_output: JsonOption = False,
 ) -> None:
     """List the model zoo: depth, width, parameters, MACs, paper-style size beside the paper's."""
+    from toolchain.models import count_macs, count_parameters, list_models, state_dict_bytes
+
     specs = list_models(pattern or "*")
     if not specs:
         raise UnknownModelError(f"no model matches {pattern!r}", "try `toolchain models` without a pattern")
