@@ -1,0 +1,43 @@
+"""Shared test set-up.
+
+Fixture modules of each area live in tests/fixtures/ and are listed in `pytest_plugins`.
+`TOOLCHAIN_REQUIRE_ALL=1` (set by `just test` and CI) turns every "prerequisite missing" skip into a
+failure: in CI no check may silently not run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytest_plugins: list[str] = []
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a prerequisite is missing, but fail instead under TOOLCHAIN_REQUIRE_ALL=1."""
+    if condition:
+        return
+    if os.environ.get("TOOLCHAIN_REQUIRE_ALL") == "1":
+        pytest.fail(f"prerequisite missing (TOOLCHAIN_REQUIRE_ALL=1): {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_root() -> Path:
+    """Debian's dataset-fashion-mnist folder (installed by scripts/bootstrap)."""
+    require((FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+            "dataset-fashion-mnist is not installed (scripts/bootstrap installs it)")
+    return FASHION_MNIST
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two cores: keep torch from oversubscribing when tests run model code.
+    import torch
+
+    torch.set_num_threads(2)
