@@ -42,6 +42,7 @@ def models(
             "parameters": count_parameters(model),
             "macs": count_macs(model, (1, in_channels, spec.input_size, spec.input_size)),
             "size_mb": round(state_dict_bytes(model) / 1e6, 3),
+            "size_mb_legacy_format": round(state_dict_bytes(model, legacy_format=True) / 1e6, 3),
             "paper": [vars(r) for r in paper],
         })
     if json_output:
