@@ -175,6 +175,11 @@ def load_checkpoint(path: Path, model_name: str | None = None) -> LoadedCheckpoi
         num_classes, in_channels = info.num_classes, info.in_channels
     else:
         num_classes, in_channels = _infer_shape_options(state)
+    sha256 = sha256_file(path)
+    if info is not None and info.sha256 and info.sha256 != sha256:
+        raise CheckpointError(f"checkpoint {path} is not the file its sidecar describes (sha256 differs)",
+                              "it was replaced or damaged after training; retrain, or delete the .json "
+                              "to load the weights without it")
     model = spec.build(num_classes=num_classes, in_channels=in_channels)
     mismatch = describe_mismatch(model.state_dict(), state)
     if mismatch:
@@ -182,7 +187,7 @@ def load_checkpoint(path: Path, model_name: str | None = None) -> LoadedCheckpoi
                               "it was trained for another architecture; pass the matching --model")
     model.load_state_dict(state)
     model.eval()
-    return LoadedCheckpoint(model=model, spec=spec, path=path, sha256=sha256_file(path), info=info)
+    return LoadedCheckpoint(model=model, spec=spec, path=path, sha256=sha256, info=info)
 
 
 def find_latest_checkpoint(artifacts: Path, model: str, dataset: str) -> Path | None:

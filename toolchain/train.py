@@ -1,0 +1,583 @@
+"""Training with the papers' recipe as the default, resumable exactly, every file written atomically.
+
+Default recipe (HPS / Shallow SqueezeNext papers): SGD with Nesterov momentum 0.9, lr 0.1, batch 128,
+weight decay 5e-4, learning rate x0.2 at 30 / 60 / 80 % of the epochs (60 / 120 / 160 of 200),
+random crop (pad 4) and horizontal flip. A run folder ``artifacts/train/<model>/<dataset>/<run-id>/``
+holds, rewritten after every epoch:
+
+    checkpoint.pt / .json   the last epoch's state_dict and its sidecar (metrics incl. best test top-1)
+    metrics.csv             one row per epoch
+    curves.png              loss and accuracy curves
+    resume.pt               model, optimizer, scheduler, RNG states and history for ``--resume``
+
+The library never prints; progress goes to an optional callback as `TrainProgress` events.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import MultiStepLR
+
+from toolchain.checkpoints import CHECKPOINT_NAME, TRAIN_DIR, CheckpointInfo, load_checkpoint, save_checkpoint
+from toolchain.data import ImageDataset, iterate_batches, load_dataset
+from toolchain.errors import CheckpointError, DatasetError, TrainingError, UsageError
+from toolchain.evaluate import Accuracy, accuracy_from_logits, torch_logits
+from toolchain.fsutil import atomic_write_bytes, ensure_writable_dir
+from toolchain.models import resolve
+from toolchain.optim import build_optimizer, optimizer_arguments, optimizer_spec
+
+RESUME_NAME = "resume.pt"
+METRICS_NAME = "metrics.csv"
+CURVES_NAME = "curves.png"
+RESUME_SCHEMA = "toolchain.resume/1"
+# The running loss is read (one sync) about this many times per epoch, not after every batch.
+READS_PER_EPOCH = 100
+# Test subsets (--eval-limit, `evaluate --limit`) are the same random images for every run.
+EVAL_SUBSET_SEED = 0
+_PATH_FIELDS = ("data_dir", "artifacts", "run_dir", "resume")
+# Settings that decide the weights a run produces: a resumed run must keep every one of them.
+_TRAJECTORY_FIELDS = ("model", "dataset", "epochs", "batch_size", "optimizer", "lr", "momentum",
+                      "nesterov", "weight_decay", "milestones", "gamma", "train_limit", "eval_limit",
+                      "augment", "seed")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (the papers' recipe by default)."""
+
+    model: str
+    dataset: str = "fashion-mnist"
+    data_dir: Path | None = None
+    epochs: int = 200
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: the optimizer's default (0.1 for SGD), see toolchain.optim
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)  # fractions of the epochs
+    gamma: float = 0.2
+    train_limit: int | None = None  # train on a deterministic random subset of this many images
+    eval_limit: int | None = None  # evaluate each epoch on this many test images
+    augment: bool = True  # random crop (pad 4) + horizontal flip
+    seed: int = 0
+    threads: int | None = None  # torch intra-op threads
+    artifacts: Path = Path("artifacts")  # run folder: artifacts/train/<model>/<dataset>/<run-id>/
+    run_dir: Path | None = None  # explicit run folder instead
+    resume: Path | None = None  # a resume.pt (or its run folder) to continue exactly
+
+    def validate(self) -> None:
+        """Fail with a usage error naming the option if a setting cannot work."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "train_limit": self.train_limit,
+                    "eval_limit": self.eval_limit, "threads": self.threads}
+        for name, value in positive.items():
+            if value is not None and value < 1:
+                raise UsageError(f"{option_flag(name)} must be at least 1, got {value}",
+                                 f"pass a positive {option_flag(name)}")
+        milestones = list(self.milestones)
+        if any(not 0 < m < 1 for m in milestones) or milestones != sorted(milestones):
+            raise UsageError(f"milestones must be increasing fractions of the epochs in (0, 1), "
+                             f"got {milestones}",
+                             "pass e.g. --milestones 0.3,0.6,0.8 (the papers' 60/120/160 of 200 epochs)")
+        if not 0 < self.gamma <= 1:
+            raise UsageError(f"--gamma must be in (0, 1], got {self.gamma}", "pass e.g. --gamma 0.2")
+        optimizer_arguments(self.optimizer, self.lr, self.momentum, self.nesterov, self.weight_decay)
+
+    def milestone_epochs(self) -> list[int]:
+        """The epochs after which the learning rate is multiplied by gamma (repeated if they coincide)."""
+        epochs = [round(m * self.epochs) for m in self.milestones]
+        return [e for e in epochs if 0 < e < self.epochs]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (paths as strings), as recorded in the sidecar and resume file."""
+        data = asdict(self)
+        data["milestones"] = list(self.milestones)
+        for name in _PATH_FIELDS:
+            data[name] = None if data[name] is None else str(data[name])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for name in _PATH_FIELDS:
+            if values.get(name) is not None:
+                values[name] = Path(values[name])
+        if "milestones" in values:
+            values["milestones"] = tuple(values["milestones"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One row of metrics.csv: what an epoch did. ``seconds`` covers training and evaluation;
+    ``images_per_s`` is the training throughput."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_top1: float
+    test_top5: float | None
+    seconds: float
+    images_per_s: float
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a run is about to do, known before the first batch (sent with the "start" event)."""
+
+    model: str
+    dataset: str
+    train_images: int
+    eval_images: int
+    num_classes: int
+    in_channels: int
+    start_epoch: int
+    epochs: int
+    optimizer: str
+    optimizer_settings: dict[str, Any]
+    milestone_epochs: list[int]
+    gamma: float
+    threads: int
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """A progress event. ``phase``: "start" (``plan`` set), "train" (running loss/accuracy of the
+    epoch so far), "eval" (evaluation begins), "epoch" (``metrics`` of the finished epoch)."""
+
+    epoch: int
+    epochs: int
+    batch: int
+    batches: int
+    loss: float
+    accuracy: float
+    images_per_s: float
+    eta_s: float | None
+    phase: str
+    plan: TrainPlan | None = None
+    metrics: EpochMetrics | None = None
+
+
+@dataclass
+class TrainResult:
+    """A finished run: its folder, final checkpoint, sidecar and per-epoch history."""
+
+    run_dir: Path
+    checkpoint: Path
+    info: CheckpointInfo
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    @property
+    def resume_file(self) -> Path:
+        return self.run_dir / RESUME_NAME
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.run_dir / METRICS_NAME
+
+    @property
+    def curves(self) -> Path:
+        return self.run_dir / CURVES_NAME
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary `toolchain train --json` prints."""
+        return {"run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint),
+                "sidecar": str(self.checkpoint.with_suffix(".json")), "resume_file": str(self.resume_file),
+                "metrics_csv": str(self.metrics_csv), "curves": str(self.curves),
+                "info": self.info.to_dict(), "history": [asdict(m) for m in self.history]}
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Running totals of a pass over training batches."""
+
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def fit_batches(model: nn.Module, optimizer: Optimizer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                total: int, epoch: int = 1,
+                on_batch: Callable[[int, EpochStats], None] | None = None) -> EpochStats:
+    """One training pass over ``batches`` (``total`` of them): cross-entropy, backward, step.
+
+    Loss and accuracy accumulate in tensors and are read about `READS_PER_EPOCH` times per pass;
+    each read checks the loss is finite and calls ``on_batch(batch_number, stats)``.
+    """
+    model.train()
+    read_every = max(1, total // READS_PER_EPOCH)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    images, index = 0, 0
+    start = time.perf_counter()
+    for index, (inputs, labels) in enumerate(batches, 1):
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        images += len(labels)
+        if index % read_every == 0 or index == total:
+            stats = _running_stats(loss_sum, correct, images, start)
+            if not math.isfinite(stats.loss):
+                lr = optimizer.param_groups[0]["lr"]
+                raise TrainingError(f"training diverged in epoch {epoch} (batch {index}): "
+                                    f"the loss became {stats.loss}",
+                                    f"lower the learning rate, e.g. --lr {lr / 10:g} (it was {lr:g})")
+            if on_batch is not None:
+                on_batch(index, stats)
+    if images == 0:
+        raise TrainingError("no training batches", "the training set is empty")
+    return _running_stats(loss_sum, correct, images, start)
+
+
+def _running_stats(loss_sum: torch.Tensor, correct: torch.Tensor, images: int, start: float) -> EpochStats:
+    return EpochStats(loss=loss_sum.item() / images, accuracy=100.0 * correct.item() / images,
+                      images=images, seconds=time.perf_counter() - start)
+
+
+def resume_file(path: Path) -> Path:
+    """The resume.pt a ``--resume`` argument names (the file itself or its run folder)."""
+    path = Path(path)
+    file = path / RESUME_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise TrainingError(f"resume file not found: {file}",
+                            f"pass a run folder written by `toolchain train` (it holds {RESUME_NAME})")
+    return file
+
+
+def read_resume(path: Path) -> dict[str, Any]:
+    """The saved state of an unfinished run (loaded with weights_only=True)."""
+    file = resume_file(path)
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TrainingError(f"cannot read resume file {file}: {detail}",
+                            "it is damaged; start a new run or resume from another copy") from None
+    if not isinstance(payload, dict) or payload.get("schema") != RESUME_SCHEMA:
+        raise TrainingError(f"{file} is not a toolchain resume file",
+                            f"pass the {RESUME_NAME} of a run folder written by `toolchain train`")
+    return payload
+
+
+def resumed_config(path: Path, **changes: Any) -> TrainConfig:
+    """The configuration a resume file was written with, with ``changes`` applied (e.g. threads)."""
+    saved = TrainConfig.from_dict(read_resume(path)["config"])
+    return replace(saved, resume=Path(path), **changes)
+
+
+def train_model(config: TrainConfig,
+                on_progress: Callable[[TrainProgress], None] | None = None) -> TrainResult:
+    """Train (or, with ``config.resume``, continue) a model; returns the final checkpoint and history."""
+    config.validate()
+    saved = read_resume(config.resume) if config.resume is not None else None
+    if saved is not None:
+        _check_same_run(config, TrainConfig.from_dict(saved["config"]), resume_file(config.resume))
+    threads_before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, saved, on_progress or (lambda event: None))
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(config: TrainConfig, saved: dict[str, Any] | None,
+           emit: Callable[[TrainProgress], None]) -> TrainResult:
+    spec = resolve(config.model)
+    train_set, test_set = _load_data(config)
+    torch.manual_seed(config.seed)
+    model = spec.build(num_classes=train_set.num_classes, in_channels=train_set.channels)
+    settings = optimizer_arguments(config.optimizer, config.lr, config.momentum, config.nesterov,
+                                   config.weight_decay)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), config.lr, config.momentum,
+                                config.nesterov, config.weight_decay)
+    scheduler = MultiStepLR(optimizer, milestones=config.milestone_epochs(), gamma=config.gamma)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[EpochMetrics] = []
+    start_epoch = 0
+    if saved is not None:
+        run_dir = resume_file(config.resume).parent
+        start_epoch = _restore(saved, model, optimizer, scheduler, generator, history, run_dir)
+    else:
+        run_dir = _new_run_dir(config, spec.name)
+    plan = TrainPlan(model=spec.name, dataset=train_set.name, train_images=len(train_set),
+                     eval_images=len(test_set), num_classes=train_set.num_classes,
+                     in_channels=train_set.channels, start_epoch=start_epoch, epochs=config.epochs,
+                     optimizer=optimizer_spec(config.optimizer).name, optimizer_settings=settings,
+                     milestone_epochs=config.milestone_epochs(), gamma=config.gamma,
+                     threads=torch.get_num_threads(), run_dir=run_dir)
+    batches = math.ceil(len(train_set) / config.batch_size)
+    emit(TrainProgress(start_epoch, config.epochs, 0, batches, math.nan, math.nan, 0.0, None, "start",
+                       plan=plan))
+    training_record = {**config.to_dict(), "optimizer_name": plan.optimizer, "optimizer_settings": settings,
+                       "milestone_epochs": plan.milestone_epochs, "train_images": plan.train_images,
+                       "eval_images": plan.eval_images, "threads": plan.threads}
+    eval_seconds = 0.0
+    info = None
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        epoch_start = time.perf_counter()
+
+        def report(batch: int, stats: EpochStats, epoch: int = epoch) -> None:
+            remaining = len(train_set) - stats.images + (config.epochs - epoch) * len(train_set)
+            eta = remaining / max(stats.images_per_s, 1e-9) + eval_seconds * (config.epochs - epoch + 1)
+            emit(TrainProgress(epoch, config.epochs, batch, batches, stats.loss, stats.accuracy,
+                               stats.images_per_s, eta, "train"))
+
+        shuffled = iterate_batches(train_set, config.batch_size, shuffle=True, augment=config.augment,
+                                   generator=generator)
+        stats = fit_batches(model, optimizer, shuffled, total=batches, epoch=epoch, on_batch=report)
+        emit(TrainProgress(epoch, config.epochs, batches, batches, stats.loss, stats.accuracy,
+                           stats.images_per_s, None, "eval"))
+        eval_start = time.perf_counter()
+        test_loss, accuracy = evaluate_with_loss(model, test_set)
+        eval_seconds = time.perf_counter() - eval_start
+        scheduler.step()
+        metrics = EpochMetrics(epoch=epoch, lr=lr, train_loss=stats.loss, train_acc=stats.accuracy,
+                               test_loss=test_loss, test_top1=accuracy.top1, test_top5=accuracy.top5,
+                               seconds=time.perf_counter() - epoch_start, images_per_s=stats.images_per_s)
+        history.append(metrics)
+        info = _save_epoch(run_dir, model, optimizer, scheduler, generator, history, config,
+                           spec.name, train_set, training_record)
+        eta = (config.epochs - epoch) * metrics.seconds
+        emit(TrainProgress(epoch, config.epochs, batches, batches, stats.loss, stats.accuracy,
+                           stats.images_per_s, eta, "epoch", metrics=metrics))
+    return TrainResult(run_dir=run_dir, checkpoint=run_dir / CHECKPOINT_NAME, info=info, history=history)
+
+
+def evaluate_with_loss(model: nn.Module, dataset: ImageDataset, batch_size: int = 256
+                       ) -> tuple[float, Accuracy]:
+    """(mean cross-entropy, Accuracy) of a model on a dataset; top-5 for more than 10 classes."""
+    logits = torch_logits(model, dataset, batch_size)
+    loss = F.cross_entropy(torch.from_numpy(logits), dataset.labels).item()
+    return loss, accuracy_from_logits(logits, dataset.labels.numpy(), top5=dataset.num_classes > 10)
+
+
+@dataclass(frozen=True)
+class CheckpointEvaluation:
+    """How well a checkpoint does on a dataset split."""
+
+    checkpoint: Path
+    sha256: str
+    model: str
+    dataset: str
+    split: str
+    loss: float
+    accuracy: Accuracy
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint": str(self.checkpoint), "sha256": self.sha256, "model": self.model,
+                "dataset": self.dataset, "split": self.split, "loss": self.loss, **self.accuracy.to_dict(),
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+def evaluate_checkpoint(path: Path, model: str | None = None, dataset: str | None = None,
+                        data_dir: Path | None = None, split: str = "test", limit: int | None = None,
+                        batch_size: int = 256) -> CheckpointEvaluation:
+    """Top-1 (top-5 for more than 10 classes) of a checkpoint on a split.
+
+    By default the sidecar's dataset, data folder and normalisation are used; a state_dict without
+    sidecar needs ``model`` and ``dataset`` and is fed the dataset's standard normalisation.
+    ``limit`` evaluates the same random subset `--eval-limit` uses during training.
+    """
+    loaded = load_checkpoint(Path(path), model)
+    info = loaded.info
+    if dataset is None:
+        if info is None:
+            raise CheckpointError(f"checkpoint {path} has no sidecar naming its dataset",
+                                  "pass --dataset (and --data-dir) for a state_dict from elsewhere")
+        dataset = info.dataset
+    if data_dir is None and info is not None and dataset == info.dataset:
+        data_dir = info.training.get("data_dir")
+    data = load_dataset(dataset, split, data_dir)
+    if limit is not None:
+        data = data.sample(limit, EVAL_SUBSET_SEED)
+    first_conv = next(m for m in loaded.model.modules() if isinstance(m, nn.Conv2d))
+    if first_conv.in_channels != data.channels:
+        raise CheckpointError(f"{loaded.spec.name} takes {first_conv.in_channels}-channel images, "
+                              f"{dataset} has {data.channels}",
+                              "evaluate it on the dataset it was trained on")
+    if info is not None:
+        data = replace(data, mean=tuple(info.mean), std=tuple(info.std))
+    with torch.no_grad():
+        classes = loaded.model(data.normalize(data.images[:1])).shape[1]
+    if classes != data.num_classes:
+        raise CheckpointError(f"{loaded.spec.name} from {path} has {classes} classes, {dataset} has "
+                              f"{data.num_classes}", "evaluate it on the dataset it was trained on")
+    loss, accuracy = evaluate_with_loss(loaded.model, data, batch_size)
+    return CheckpointEvaluation(checkpoint=Path(path), sha256=loaded.sha256, model=loaded.spec.name,
+                                dataset=data.name, split=split, loss=loss, accuracy=accuracy,
+                                mean=data.mean, std=data.std)
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of a TrainConfig field (batch_size -> --batch-size), for messages."""
+    return "--" + name.replace("_", "-")
+
+
+def _check_same_run(config: TrainConfig, saved: TrainConfig, file: Path) -> None:
+    ours, theirs = _trajectory(config), _trajectory(saved)
+    for name in _TRAJECTORY_FIELDS:
+        if ours[name] != theirs[name]:
+            raise TrainingError(f"{file} continues a run with {option_flag(name)} {theirs[name]}, "
+                                f"not {ours[name]}",
+                                "leave the option out (--resume reuses the saved settings) or start a new run")
+    if config.run_dir is not None and Path(config.run_dir).resolve() != file.parent.resolve():
+        raise UsageError(f"--run-dir {config.run_dir} and --resume {file} name different runs",
+                         "a resumed run continues in its own folder; drop --run-dir")
+
+
+def _trajectory(config: TrainConfig) -> dict[str, Any]:
+    values = {name: getattr(config, name) for name in _TRAJECTORY_FIELDS}
+    values["model"] = resolve(config.model).name
+    values["optimizer"] = optimizer_spec(config.optimizer).name
+    values["lr"] = optimizer_arguments(config.optimizer, config.lr, config.momentum, config.nesterov,
+                                       config.weight_decay)["lr"]
+    values["milestones"] = ",".join(f"{m:g}" for m in config.milestones)
+    return values
+
+
+def _load_data(config: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
+    train_set = load_dataset(config.dataset, "train", config.data_dir)
+    if config.train_limit is not None:
+        train_set = train_set.sample(config.train_limit, config.seed)
+    test_set = load_dataset(config.dataset, "test", config.data_dir)
+    if config.eval_limit is not None:
+        test_set = test_set.sample(config.eval_limit, EVAL_SUBSET_SEED)
+    if (test_set.num_classes, test_set.channels) != (train_set.num_classes, train_set.channels):
+        raise DatasetError(f"{config.dataset}: the test split has {test_set.num_classes} classes x "
+                           f"{test_set.channels} channels, the train split {train_set.num_classes} x "
+                           f"{train_set.channels}", "both splits must hold the same classes and image kind")
+    # Evaluate with the training normalisation (an image folder's test split has its own statistics).
+    return train_set, replace(test_set, mean=train_set.mean, std=train_set.std)
+
+
+def _new_run_dir(config: TrainConfig, model_name: str) -> Path:
+    if config.run_dir is not None:
+        run_dir = ensure_writable_dir(Path(config.run_dir), "run folder")
+        if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / RESUME_NAME).exists():
+            raise TrainingError(f"run folder {run_dir} already holds a training run",
+                                f"continue it with --resume {run_dir}, or pick another --run-dir")
+        return run_dir
+    parent = ensure_writable_dir(Path(config.artifacts) / TRAIN_DIR / model_name / config.dataset,
+                                 "artifacts folder")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in itertools.count(1):
+        candidate = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+
+
+def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Optimizer, scheduler: MultiStepLR,
+             generator: torch.Generator, history: list[EpochMetrics], run_dir: Path) -> int:
+    epoch, epochs = int(saved["epoch"]), int(saved["config"]["epochs"])
+    if epoch >= epochs:
+        raise TrainingError(f"the run in {run_dir} already finished ({epoch} of {epochs} epochs)",
+                            f"nothing to resume: evaluate {run_dir / CHECKPOINT_NAME} or start a new run")
+    try:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        history.extend(EpochMetrics(**row) for row in saved["history"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise TrainingError(f"resume file in {run_dir} does not fit this run: {str(exc).splitlines()[0]}",
+                            "it was written by another version of the model; start a new run") from None
+    return epoch
+
+
+def _save_epoch(run_dir: Path, model: nn.Module, optimizer: Optimizer, scheduler: MultiStepLR,
+                generator: torch.Generator, history: list[EpochMetrics], config: TrainConfig,
+                model_name: str, train_set: ImageDataset, training_record: dict[str, Any]) -> CheckpointInfo:
+    """Checkpoint + sidecar, CSV, curves, then the resume file: each atomic, so an interruption leaves
+    the previous epoch's files valid (and a resume at worst repeats the interrupted epoch)."""
+    last = history[-1]
+    best = max(history, key=lambda m: m.test_top1)
+    metrics = {key: value for key, value in asdict(last).items() if key != "epoch" and value is not None}
+    metrics.update(best_test_top1=best.test_top1, best_epoch=best.epoch)
+    info = CheckpointInfo(model=model_name, dataset=train_set.name, num_classes=train_set.num_classes,
+                          in_channels=train_set.channels, input_size=train_set.image_size[0],
+                          class_names=list(train_set.class_names), mean=list(train_set.mean),
+                          std=list(train_set.std), epoch=last.epoch, epochs=config.epochs, metrics=metrics,
+                          training=training_record)
+    info = save_checkpoint(model, info, run_dir / CHECKPOINT_NAME)
+    atomic_write_bytes(run_dir / METRICS_NAME, _metrics_csv(history, top5=train_set.num_classes > 10))
+    atomic_write_bytes(run_dir / CURVES_NAME, _curves_png(history, f"{model_name} on {train_set.name}"))
+    state = {"schema": RESUME_SCHEMA, "config": config.to_dict(), "epoch": last.epoch,
+             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+             "torch_rng": torch.get_rng_state(), "history": [asdict(m) for m in history],
+             "checkpoint_sha256": info.sha256}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(run_dir / RESUME_NAME, buffer.getvalue())
+    return info
+
+
+def _metrics_csv(history: list[EpochMetrics], top5: bool) -> bytes:
+    columns = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_top1"]
+    columns += ["test_top5"] if top5 else []
+    columns += ["seconds", "images_per_s"]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    for row in history:
+        values = asdict(row)
+        writer.writerow([values["epoch"], f"{values['lr']:.6g}"]
+                        + [f"{values[c]:.4f}" for c in columns[2:-2]]
+                        + [f"{values['seconds']:.2f}", f"{values['images_per_s']:.1f}"])
+    return text.getvalue().encode()
+
+
+def _curves_png(history: list[EpochMetrics], title: str) -> bytes:
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+
+    epochs = [m.epoch for m in history]
+    figure = Figure(figsize=(10, 4), dpi=100, layout="tight")
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    loss_axes.plot(epochs, [m.train_loss for m in history], marker=".", label="train")
+    loss_axes.plot(epochs, [m.test_loss for m in history], marker=".", label="test")
+    loss_axes.set(title=f"{title}: loss", xlabel="epoch", ylabel="cross-entropy")
+    accuracy_axes.plot(epochs, [m.train_acc for m in history], marker=".", label="train")
+    accuracy_axes.plot(epochs, [m.test_top1 for m in history], marker=".", label="test top-1")
+    if history[-1].test_top5 is not None:
+        accuracy_axes.plot(epochs, [m.test_top5 for m in history], marker=".", label="test top-5")
+    accuracy_axes.set(title=f"{title}: accuracy", xlabel="epoch", ylabel="%")
+    for axes in (loss_axes, accuracy_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
