@@ -49,6 +49,14 @@ def torch_logits(model: nn.Module, dataset: ImageDataset, batch_size: int = 256)
     return np.concatenate(chunks)
 
 
+@torch.no_grad()
+def torch_array_logits(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits of a model (switched to eval mode) over float32 NCHW images normalised as ONNX is fed."""
+    model.eval()
+    return np.concatenate([model(torch.from_numpy(images[i:i + batch_size])).numpy()
+                           for i in range(0, len(images), batch_size)])
+
+
 def evaluate_torch(model: nn.Module, dataset: ImageDataset, batch_size: int = 256) -> Accuracy:
     """Top-1 (top-5 for more than 10 classes) of a torch model on a dataset."""
     logits = torch_logits(model, dataset, batch_size)

@@ -1,0 +1,175 @@
+"""`toolchain export` (zoo model -> verified FP32 + INT8 ONNX artifact) and `toolchain quantize` (any ONNX).
+
+Nothing heavy is imported at module level; a cached export with --checkpoint imports neither torch
+nor onnx, so it answers in well under a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from toolchain.cli.options import (DEFAULT_ARTIFACTS, ArtifactsOption, CheckpointOption, DataDirOption, JsonOption,
+                                   ModelOption, OptionalDatasetOption)
+from toolchain.cli.output import emit_json, info, progress, table
+from toolchain.settings import DEFAULT_ATOL, DEFAULT_MAX_DROP, DEFAULT_OPSET, ExportSettings, QuantSettings
+
+if TYPE_CHECKING:
+    from toolchain.pipeline import ExportRequest, PipelineResult
+    from toolchain.train import TrainProgress
+
+CalibrationOption = Annotated[Optional[str], typer.Option(
+    "--calibration", help="Calibration set: a name under calibration/ (default: the dataset's), a .toml "
+    "definition, or a .npy/.npz of preprocessed float32 NCHW images.")]
+MethodOption = Annotated[str, typer.Option("--method", help="Calibration: minmax, entropy or percentile.")]
+FormatOption = Annotated[str, typer.Option(
+    "--format", help="qoperator (QLinearConv...; default: fastest measured here) or qdq (Q/DQ pairs).")]
+PerChannelOption = Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales per channel.")]
+ActivationTypeOption = Annotated[str, typer.Option(
+    "--activation-type", help="uint8 (U8S8, default: fast on x86) or int8 (S8S8).")]
+ReduceRangeOption = Annotated[bool, typer.Option("--reduce-range", help="7-bit weights (for CPUs without VNNI).")]
+ExcludeNodesOption = Annotated[Optional[str], typer.Option(
+    "--exclude-nodes", help="Comma-separated node names to keep in float (names of the FP32 model).")]
+MaxDropOption = Annotated[float, typer.Option(
+    "--max-drop", help="Accuracy gate: largest INT8 top-1 drop vs FP32 in percentage points.")]
+MaxKeptFloatOption = Annotated[Optional[int], typer.Option(
+    "--max-kept-float", help="Most nodes the gate may keep in float (default: half of the quantizable ones).")]
+EvalCountOption = Annotated[int, typer.Option("--eval-count", help="Eval images (shipped in evalset.npz).", min=1)]
+AtolOption = Annotated[float, typer.Option("--atol", help="Parity tolerance: max |d| of logits vs the reference.")]
+SimplifyOption = Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim (default on).")]
+
+
+def _quant_settings(method: str, quant_format: str, per_channel: bool, activation_type: str, reduce_range: bool,
+                    exclude_nodes: str | None, max_drop: float, max_kept_float: int | None) -> QuantSettings:
+    excluded = tuple(name.strip() for name in (exclude_nodes or "").split(",") if name.strip())
+    return QuantSettings(method=method, format=quant_format, per_channel=per_channel, activation_type=activation_type,
+                         reduce_range=reduce_range, exclude_nodes=excluded, max_drop=max_drop,
+                         max_kept_float=max_kept_float)
+
+
+def show_result(result: "PipelineResult", json_output: bool) -> None:
+    """The FP32 vs INT8 table (or the manifest as JSON) of a made or cached artifact."""
+    from toolchain.report import artifact_notes, artifact_table
+
+    if json_output:
+        emit_json({**result.manifest, "folder": str(result.folder), "cached": result.cached,
+                   "seconds": result.seconds})
+        return
+    summary = artifact_table(result.manifest)
+    table(summary.title, summary.columns, summary.rows, right_align=summary.right_align)
+    for line in artifact_notes(result.manifest):
+        info(line)
+    if result.cached:
+        info(f"cached: inputs unchanged since {result.manifest.get('created')}, no work done "
+             f"({result.seconds:.2f} s)")
+    else:
+        info(f"made in {result.seconds:.1f} s")
+    info(f"artifact: {result.folder}")
+
+
+def export(
+    model: ModelOption,
+    checkpoint: CheckpointOption = None,
+    dataset: OptionalDatasetOption = None,
+    data_dir: DataDirOption = None,
+    artifacts: ArtifactsOption = DEFAULT_ARTIFACTS,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset to write (7-18).")] = DEFAULT_OPSET,
+    exporter: Annotated[str, typer.Option(
+        "--exporter", help="torchscript (fast, default) or dynamo (torch.export based).")] = "torchscript",
+    atol: AtolOption = DEFAULT_ATOL,
+    simplify: SimplifyOption = True,
+    calibration: CalibrationOption = None,
+    method: MethodOption = "minmax",
+    quant_format: FormatOption = "qoperator",
+    per_channel: PerChannelOption = True,
+    activation_type: ActivationTypeOption = "uint8",
+    reduce_range: ReduceRangeOption = False,
+    exclude_nodes: ExcludeNodesOption = None,
+    max_drop: MaxDropOption = DEFAULT_MAX_DROP,
+    max_kept_float: MaxKeptFloatOption = None,
+    eval_count: EvalCountOption = 500,
+    train: Annotated[bool, typer.Option(
+        "--train/--no-train", help="Without a checkpoint given or found, train one briefly (default on).")] = True,
+    json_output: JsonOption = False,
+) -> None:
+    """Checkpoint -> verified FP32 and INT8 ONNX (+ eval set, manifest) in artifacts/<model>/<id>/."""
+    from toolchain.pipeline import ExportRequest
+
+    request = ExportRequest(
+        model=model, checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, artifacts=artifacts,
+        export=ExportSettings(opset=opset, exporter=exporter, atol=atol, simplify=simplify),
+        quant=_quant_settings(method, quant_format, per_channel, activation_type, reduce_range, exclude_nodes,
+                              max_drop, max_kept_float),
+        calibration=calibration, eval_count=eval_count, train_if_missing=train)
+    show_result(_run_export(request), json_output)
+
+
+def _run_export(request: "ExportRequest") -> "PipelineResult":
+    from toolchain.pipeline import run_export
+
+    with progress() as bar:
+        task = bar.add_task("export", total=None, status="")
+
+        def on_train(event: "TrainProgress") -> None:
+            if event.phase == "train":
+                bar.update(task, description=f"training epoch {event.epoch}/{event.epochs}", total=event.batches,
+                           completed=event.batch, status=f"loss {event.loss:.3f} acc {event.accuracy:.1f}%")
+            elif event.phase == "eval":
+                bar.update(task, status="evaluating")
+
+        def on_message(message: str) -> None:
+            bar.update(task, description=message[:60], total=None, status="")
+            info(message)
+
+        return run_export(request, on_message=on_message, on_train_progress=on_train)
+
+
+def quantize(
+    onnx_file: Annotated[Path, typer.Option("--onnx", help="An ONNX image classifier (float32 NCHW input).")],
+    name: Annotated[Optional[str], typer.Option(
+        "--name", help="Artifact folder name (default: the file's stem).")] = None,
+    calibration: CalibrationOption = None,
+    eval_set: Annotated[Optional[str], typer.Option(
+        "--eval-set", help="Labeled eval set: a definition name/.toml (default: the calibration set's test "
+        "split) or an .npz with images and labels.")] = None,
+    data_dir: DataDirOption = None,
+    artifacts: ArtifactsOption = DEFAULT_ARTIFACTS,
+    atol: AtolOption = DEFAULT_ATOL,
+    simplify: SimplifyOption = True,
+    method: MethodOption = "minmax",
+    quant_format: FormatOption = "qoperator",
+    per_channel: PerChannelOption = True,
+    activation_type: ActivationTypeOption = "uint8",
+    reduce_range: ReduceRangeOption = False,
+    exclude_nodes: ExcludeNodesOption = None,
+    max_drop: MaxDropOption = DEFAULT_MAX_DROP,
+    max_kept_float: MaxKeptFloatOption = None,
+    eval_count: EvalCountOption = 500,
+    json_output: JsonOption = False,
+) -> None:
+    """Simplify, quantize to INT8 behind the accuracy gate and store any NCHW ONNX image classifier."""
+    from toolchain.pipeline import QuantizeRequest, run_quantize
+
+    request = QuantizeRequest(
+        onnx=onnx_file, name=name, calibration=calibration, eval_set=eval_set, data_dir=data_dir,
+        artifacts=artifacts, atol=atol, simplify=simplify,
+        quant=_quant_settings(method, quant_format, per_channel, activation_type, reduce_range, exclude_nodes,
+                              max_drop, max_kept_float),
+        eval_count=eval_count)
+    with progress() as bar:
+        task = bar.add_task("quantize", total=None, status="")
+
+        def on_message(message: str) -> None:
+            bar.update(task, description=message[:60])
+            info(message)
+
+        result = run_quantize(request, on_message=on_message)
+    show_result(result, json_output)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `export` and `quantize` to the toolchain app."""
+    app.command("export")(export)
+    app.command("quantize")(quantize)

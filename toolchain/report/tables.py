@@ -1,0 +1,119 @@
+"""Result tables: what a manifest or a bench result says, as rows for the CLI and as markdown.
+
+Every latency is labeled with what measured it (CPU, threads, batch) and emulated runs say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table: column names, rows of cells, and which columns are numbers (right-aligned)."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    right_align: list[str] = field(default_factory=list)
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:.1f}"
+
+
+def _speed_words(ratio: float) -> str:
+    """'1.67x slower' / '1.20x faster' for an INT8-over-FP32 latency ratio."""
+    return f"{ratio:.2f}x slower" if ratio >= 1 else f"{1 / ratio:.2f}x faster"
+
+
+def artifact_table(manifest: dict[str, Any]) -> Table:
+    """FP32 vs INT8: top-1 on the eval set, size, node count, quick host latency."""
+    accuracy, files, latency = manifest["accuracy"], manifest["files"], manifest.get("latency", {})
+    nodes = manifest.get("nodes", {})
+    fp32_nodes = nodes.get("simplified", nodes.get("exported", nodes.get("source")))
+    columns = ["variant", "top-1 %", "drop pp", "size KiB", "nodes", "p50 ms", "p90 ms"]
+    rows = []
+    for variant, name, node_count in (("fp32", "model.fp32.onnx", fp32_nodes), ("int8", "model.int8.onnx",
+                                                                                 nodes.get("int8"))):
+        timing = latency.get(variant, {})
+        rows.append([variant, f"{accuracy[variant]['top1']:.2f}",
+                     f"{accuracy['drop_pp']:+.2f}" if variant == "int8" else "", _kib(files[name]["bytes"]),
+                     node_count, f"{timing['p50']:.3f}" if timing else "-", f"{timing['p90']:.3f}" if timing else "-"])
+    dataset = manifest.get("dataset", {}).get("name") or "eval set"
+    title = (f"{manifest['model']} {manifest['artifact_id']}: {dataset}, {accuracy['fp32']['count']} eval images; "
+             f"latency on {latency.get('cpu', 'this CPU')}, {latency.get('threads', '?')} thread, "
+             f"batch {latency.get('batch', '?')}")
+    return Table(title, columns, rows, ["top-1 %", "drop pp", "size KiB", "nodes", "p50 ms", "p90 ms"])
+
+
+def artifact_notes(manifest: dict[str, Any]) -> list[str]:
+    """The lines under the table: parity, gate, size and speed verdicts."""
+    parity = manifest.get("parity", {})
+    measured = ", ".join(f"{key.removesuffix('_max_abs')} {value:.2g}" for key, value in parity.items()
+                         if key.endswith("_max_abs"))
+    notes = [f"parity max |d| ({measured}) <= atol {parity.get('atol', 0):g} on {parity.get('images', '?')} "
+             "eval images"] if measured else []
+    kept = manifest.get("kept_float") or []
+    quantization = manifest.get("quantization", {})
+    notes.append(f"gate: drop {manifest['accuracy']['drop_pp']:+.2f} pp <= {manifest['accuracy']['max_drop_pp']:g} pp"
+                 + (f"; kept in float: {', '.join(kept)}" if kept else "; every quantizable node is INT8")
+                 + (" (the gate engaged)" if quantization.get("gate_engaged") else ""))
+    sizes = manifest.get("sizes", {})
+    latency = manifest.get("latency", {})
+    if sizes:
+        notes.append(f"INT8 is {sizes['int8_over_fp32']:.2f}x the FP32 file size")
+    if latency.get("int8_over_fp32_p50"):
+        ratio = latency["int8_over_fp32_p50"]
+        notes.append(f"INT8 is {_speed_words(ratio)} than FP32 on this CPU (p50, {latency.get('threads')} thread, "
+                     f"batch {latency.get('batch')})" + ("" if ratio < 1 else ": INT8 is not automatically faster "
+                                                         "on a CPU; measure the target with `toolchain bench`"))
+    return notes
+
+
+def bench_table(document: dict[str, Any], agreements: Sequence[Any] = ()) -> Table:
+    """One row per (variant, threads): latency percentiles, throughput, peak RSS, accuracy, agreement."""
+    target = document["target"]
+    emulated = " EMULATED" if target.get("emulated") else ""
+    agreed = {(item.variant, item.threads, item.batch): item.agreement_pct for item in agreements}
+    rows = []
+    for entry in document["results"]:
+        latency = entry["latency_ms"]
+        agreement = agreed.get((entry["variant"], entry["threads"], entry["batch"]))
+        rows.append([entry["variant"], entry["threads"], entry["batch"], f"{latency['p50']:.3f}",
+                     f"{latency['p90']:.3f}", f"{latency['p99']:.3f}", f"{latency['mean']:.3f}", f"{latency['std']:.3f}",
+                     f"{entry['throughput_ips']:.0f}", f"{entry['peak_rss_mb']:.0f}", f"{entry['accuracy']['top1']:.2f}",
+                     f"{agreement:.2f}" if agreement is not None else "-", _kib(entry["model_bytes"])])
+    columns = ["variant", "threads", "batch", f"p50 ms{emulated}", "p90 ms", "p99 ms", "mean ms", "std ms",
+               "img/s", "peak RSS MB", "top-1 %", "agree %", "KiB"]
+    title = (f"measured on {target['hostname']}: {target['arch']} {target['cpu_model']}, {target['cores']} cores, "
+             f"onnxruntime {target['onnxruntime']}, {target['os']}"
+             + (" -- EMULATED (qemu): latency is not the target's" if emulated else ""))
+    return Table(title, columns, rows, columns[1:])
+
+
+def bench_notes(document: dict[str, Any]) -> list[str]:
+    """INT8 vs FP32 per thread count, said plainly (slower is reported as slower)."""
+    by_key = {(entry["variant"], entry["threads"], entry["batch"]): entry for entry in document["results"]}
+    notes = []
+    for (variant, threads, batch), entry in sorted(by_key.items(), key=lambda item: (item[0][1], item[0][0])):
+        baseline = by_key.get(("fp32", threads, batch))
+        if variant == "fp32" or baseline is None:
+            continue
+        ratio = entry["latency_ms"]["p50"] / baseline["latency_ms"]["p50"]
+        notes.append(f"{variant} is {_speed_words(ratio)} than fp32 at {threads} thread(s), batch {batch} (p50)")
+    settings = document["settings"]
+    notes.append(f"protocol: {settings['warmup']} warm-up + >= {settings['runs']} timed runs"
+                 + (f" and >= {settings['min_time_s']:g} s" if settings["min_time_s"] else "")
+                 + f"; peak RSS per measurement (fresh process); accuracy on {settings['evalset']['count']} eval images")
+    return notes
+
+
+def markdown(table: Table) -> str:
+    """A GitHub-flavoured markdown table with its title as a caption line."""
+    aligned = set(table.right_align)
+    lines = [f"**{table.title}**", "", "| " + " | ".join(table.columns) + " |",
+             "|" + "|".join("---:" if column in aligned else "---" for column in table.columns) + "|"]
+    lines += ["| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n"

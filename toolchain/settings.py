@@ -1,0 +1,96 @@
+"""Settings of the host pipeline's stages: plain records, checked, hashed into the artifact id.
+
+This module imports neither torch nor onnx: a cached `toolchain export` computes the artifact id
+from these records without loading either.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from toolchain.errors import UsageError
+
+DEFAULT_OPSET = 18
+EXPORTERS = ("torchscript", "dynamo")
+# opset 7 is the oldest onnxruntime loads; 18 the newest both exporters write for these models
+OPSET_RANGE = (7, 18)
+DEFAULT_ATOL = 1e-4
+
+METHODS = ("minmax", "entropy", "percentile")
+FORMATS = ("qdq", "qoperator")
+ACTIVATION_TYPES = ("uint8", "int8")
+DEFAULT_MAX_DROP = 1.0
+# Measured on the development host (AMD EPYC with AVX-512 VNNI, 2 cores, onnxruntime 1.32), hps-06-0.5x
+# trained on Fashion-MNIST, 1 thread, batch 1, median of 5 x 2,000 runs; the same top-1 for every flavour
+# with per-channel weights. benchmarks/bench_pipeline.py measures them again on every `just bench`.
+DEFAULTS_REASON = ("qoperator + uint8 activations (U8S8) + per-channel int8 weights + minmax: the fastest "
+                   "INT8 flavour measured on the x86 host, 0.248 ms/image vs 0.267 (qdq U8S8), 0.331 (qdq S8S8) "
+                   "and 0.81 (qoperator S8S8), at equal top-1; FP32 was faster still (0.157 ms) for this small "
+                   "model, so INT8 buys size here, not speed. Measure the target: a Cortex-A72 has no "
+                   "dot-product instructions, and onnxruntime before 1.10 lacks QOperator's QGemm "
+                   "(use --format qdq there)")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """torch -> ONNX: opset, exporter, parity tolerance, whether onnxsim runs."""
+
+    opset: int = DEFAULT_OPSET
+    exporter: str = "torchscript"
+    atol: float = DEFAULT_ATOL
+    simplify: bool = True
+
+    def validate(self) -> None:
+        """Fail with a usage error naming the option if a setting cannot work."""
+        if self.exporter not in EXPORTERS:
+            raise UsageError(f"unknown --exporter {self.exporter!r}", f"use one of: {', '.join(EXPORTERS)}")
+        low, high = OPSET_RANGE
+        if not low <= self.opset <= high:
+            raise UsageError(f"--opset {self.opset} is outside {low}..{high}",
+                             f"pass an opset from {low} to {high} (the target's onnxruntime decides which)")
+        if not (math.isfinite(self.atol) and self.atol > 0):
+            raise UsageError(f"--atol must be a positive number, got {self.atol}", "pass e.g. --atol 1e-4")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """Static INT8 quantization and its accuracy gate."""
+
+    method: str = "minmax"
+    format: str = "qoperator"
+    per_channel: bool = True
+    activation_type: str = "uint8"
+    reduce_range: bool = False
+    exclude_nodes: tuple[str, ...] = ()
+    max_drop: float = DEFAULT_MAX_DROP
+    max_kept_float: int | None = None  # None: half of the quantizable nodes
+    percentile: float = 99.999  # --method percentile
+    percentile_bins: int = 2048  # histogram bins of --method percentile
+    # --method entropy: ORT's default of 128 bins reproduces minmax's ranges here; 256 bins differ and
+    # take ~2.5 s for hps-06-0.5x (the KL search grows with the square of the bins: 1,024 took 14 s)
+    entropy_bins: int = 256
+
+    def validate(self) -> None:
+        """Fail with a usage error naming the option if a setting is not one we know."""
+        for value, allowed, option in ((self.method, METHODS, "--method"), (self.format, FORMATS, "--format"),
+                                       (self.activation_type, ACTIVATION_TYPES, "--activation-type")):
+            if value not in allowed:
+                raise UsageError(f"unknown {option} {value!r}", f"use one of: {', '.join(allowed)}")
+        if not (math.isfinite(self.max_drop) and self.max_drop >= 0):
+            raise UsageError(f"--max-drop must be >= 0 percentage points, got {self.max_drop}",
+                             "pass e.g. --max-drop 1.0")
+        if not 0 < self.percentile <= 100:
+            raise UsageError(f"--percentile must be in (0, 100], got {self.percentile}", "pass e.g. 99.999")
+        if self.max_kept_float is not None and self.max_kept_float < 0:
+            raise UsageError("--max-kept-float must be >= 0", "pass e.g. --max-kept-float 4")
+        if min(self.entropy_bins, self.percentile_bins) < 128:
+            raise UsageError("histogram bins must be at least 128", "keep the defaults")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["exclude_nodes"] = list(self.exclude_nodes)
+        return data
