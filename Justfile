@@ -28,3 +28,22 @@ demo:
 # benchmarks; results in benchmarks/results/*.json
 bench:
     {{bin}}/python benchmarks/run.py
+
+# deploy + bench on a real Bluebox (default: the papers' Table 4 models): BLUEBOX_HOST=10.234.224.16 just bench-remote
+bench-remote *MODELS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -z "${BLUEBOX_HOST:-}" ] && ! grep -qE '^[[:space:]]*host[[:space:]]*=' targets/bluebox2/target.toml; then
+        echo "bench-remote: no Bluebox address. Set one: BLUEBOX_HOST=10.234.224.16 just bench-remote" >&2
+        echo "  (or a ~/.ssh/config alias in BLUEBOX_HOST, or host = \"...\" in targets/bluebox2/target.toml)" >&2
+        exit 2
+    fi
+    {{bin}}/toolchain target bench --target bluebox2 ${BLUEBOX_HOST:+--host "$BLUEBOX_HOST"} {{MODELS}}
+
+# the same on the emulated aarch64 Bluebox (qemu-user, as root; labeled emulated): just bench-emulated
+bench-emulated *MODELS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    {{bin}}/toolchain target emulated up
+    trap '{{bin}}/toolchain target emulated down' EXIT
+    {{bin}}/toolchain target bench --target emulated {{MODELS}}

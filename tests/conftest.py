@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.fixtures.data", "tests.fixtures.train"]
+pytest_plugins: list[str] = ["tests.fixtures.data", "tests.fixtures.train", "tests.fixtures.sshd",
+                             "tests.fixtures.emulated", "tests.fixtures.deploy", "tests.fixtures.pipeline"]
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -146,3 +146,7 @@ class DeployError(ToolchainError):
 
 class LockHeldError(DeployError):
     """Another deploy or bench holds the target's lock."""
+
+
+class EmulatedTargetError(ToolchainError):
+    """The emulated Bluebox cannot be built, started or stopped (root, qemu-user binfmt, debootstrap)."""

@@ -26,3 +26,21 @@ ArtifactsOption = Annotated[Path, typer.Option(
 ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", help="Intra-op threads (default: the library's own choice).", min=1)]
 DEFAULT_ARTIFACTS = Path("artifacts")
+
+# --- target options (deploy, bench --host, target check) ----------------------------------------
+TargetOption = Annotated[Optional[str], typer.Option(
+    "--target", "-t", help="Target profile: a name under targets/ (bluebox2, emulated) or a target.toml path "
+    "(default: bluebox2).", envvar="TOOLCHAIN_TARGET")]
+HostOption = Annotated[Optional[str], typer.Option(
+    "--host", help="Target address or ~/.ssh/config alias (overrides the profile; 'local': this machine, "
+    "for a profile whose arch matches it).")]
+PortOption = Annotated[Optional[int], typer.Option("--port", help="SSH port (overrides the profile).",
+                                                   min=1, max=65535)]
+UserOption = Annotated[Optional[str], typer.Option("--user", help="Login user on the target.")]
+IdentityFileOption = Annotated[Optional[Path], typer.Option(
+    "--identity-file", "-i", help="Private key file to log in with (no passwords, ever).")]
+KnownHostsOption = Annotated[Optional[Path], typer.Option(
+    "--known-hosts", help="known_hosts file the target's host key is checked against.")]
+AcceptNewHostKeyOption = Annotated[bool, typer.Option(
+    "--accept-new-host-key", help="Trust and record the target's host key if known_hosts has none for it "
+    "(like OpenSSH's accept-new); a changed key is still refused.")]

@@ -1,0 +1,123 @@
+"""The target-side scripts (helper.py, the benchmark agent) and the verified upload, on this machine.
+
+The scripts must run on a stock Bluebox's Python 3.5; the upload must never put a wrong file in place.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+from toolchain.errors import DeployError
+from toolchain.hashing import sha256_file
+from toolchain.remote.deploy import AGENT_PATH
+from toolchain.remote.helper import UPLOAD_PREFIX, Refused, wheel_members
+from toolchain.remote.session import HELPER_PATH, HELPER_SOURCE, LocalFile, TargetSession
+from toolchain.remote.target import TargetProfile
+from toolchain.transport import LocalTransport
+
+VERMIN = Path(sys.executable).with_name("vermin")
+
+
+@pytest.mark.parametrize("script", [HELPER_PATH, AGENT_PATH],
+                         ids=["helper", "agent"])
+def test_target_side_scripts_run_on_python_3_5(script: Path) -> None:
+    require(VERMIN.is_file(), "vermin is not installed (pip install -e '.[dev]')")
+    require(script.is_file(), f"{script} is not there yet")
+    checked = subprocess.run([str(VERMIN), "-t=3.5-", "--no-tips", "--violations", "--eval-annotations",
+                              str(script)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def local_session(tmp_path: Path) -> TargetSession:
+    profile = TargetProfile(name="local", host="local", python=sys.executable, workdir=str(tmp_path / "work"),
+                            min_free_mb=0)
+    session = TargetSession(LocalTransport(), profile)
+    session.read_facts()
+    return session
+
+
+def files_in(folder: Path, names: dict[str, bytes]) -> list[LocalFile]:
+    folder.mkdir(parents=True, exist_ok=True)
+    found = []
+    for name, data in names.items():
+        (folder / name).write_bytes(data)
+        found.append(LocalFile(name, folder / name, sha256_file(folder / name), len(data)))
+    return found
+
+
+def test_local_facts_describe_this_machine(tmp_path: Path) -> None:
+    facts = local_session(tmp_path).require_facts()
+    assert facts.python_executable == sys.executable and facts.system_runtime.onnxruntime
+    assert facts.workdir == str(tmp_path / "work") and not facts.workdir_exists
+
+
+def test_upload_sends_only_what_changed(tmp_path: Path) -> None:
+    session = local_session(tmp_path)
+    target = str(tmp_path / "work" / "a")
+    first = session.upload(files_in(tmp_path / "src", {"x.bin": b"x" * 1000, "y.bin": b"y"}), target, what="test")
+    assert sorted(first.sent) == ["x.bin", "y.bin"] and first.bytes_sent == 1001
+    second = session.upload(files_in(tmp_path / "src", {"x.bin": b"x" * 1000, "y.bin": b"changed"}), target,
+                            what="test")
+    assert second.sent == ["y.bin"] and second.unchanged == ["x.bin"] and second.bytes_sent == 7
+    assert (Path(target) / "y.bin").read_bytes() == b"changed"
+
+
+def test_a_file_corrupted_on_the_way_is_never_put_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    session = local_session(tmp_path)
+    target = tmp_path / "work" / "a"
+    files = files_in(tmp_path / "src", {"a.bin": b"a" * 100, "b.bin": b"b" * 100, "deploy.json": b"{}"})
+    real_put = LocalTransport.put
+
+    def flipping_put(self: LocalTransport, local: Path, remote: str, **kwargs: object) -> int:
+        sent = real_put(self, local, remote)
+        if local.name == "b.bin":
+            Path(remote).write_bytes(b"B" * 100)  # what a bad link or disk would do
+        return sent
+
+    monkeypatch.setattr(LocalTransport, "put", flipping_put)
+    with pytest.raises(DeployError, match="b.bin arrived corrupted"):
+        session.upload(files, str(target), what="test")
+    assert sorted(path.name for path in target.iterdir()) == ["a.bin"]  # no b.bin, no receipt, no temporaries
+
+
+def test_the_target_lock_reports_its_holder_and_ends_with_its_process(tmp_path: Path) -> None:
+    session = local_session(tmp_path)
+    with session.locked("deploy of x"):
+        busy = subprocess.run([sys.executable, "-c", HELPER_SOURCE, "lock", session.remote_path(".lock"), "{}"],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        assert busy.returncode == 3 and json.loads(busy.stdout.removeprefix("BUSY "))["command"] == "deploy of x"
+    free = subprocess.run([sys.executable, "-c", HELPER_SOURCE, "lock", session.remote_path(".lock"), "{}"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert free.returncode == 0 and free.stdout.startswith("LOCKED")
+
+
+def test_wheel_unpacking_maps_data_folders_and_refuses_escaping_members(tmp_path: Path) -> None:
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("demo/__init__.py", "")
+        archive.writestr("demo-1.0.data/platlib/demo_ext.so", "")
+        archive.writestr("demo-1.0.data/scripts/demo-tool", "")
+    with zipfile.ZipFile(wheel) as archive:
+        assert sorted(target for _, target in wheel_members(archive)) == ["demo/__init__.py", "demo_ext.so"]
+    evil = tmp_path / "evil-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("../outside.py", "")
+    with zipfile.ZipFile(evil) as archive, pytest.raises(Refused):
+        wheel_members(archive)
+
+
+def test_upload_leftovers_of_a_broken_run_are_removed_by_the_next_one(tmp_path: Path) -> None:
+    session = local_session(tmp_path)
+    target = tmp_path / "work" / "a"
+    target.mkdir(parents=True)
+    (target / f"{UPLOAD_PREFIX}dead-x.bin").write_bytes(b"partial")
+    result = session.upload(files_in(tmp_path / "src", {"x.bin": b"x"}), str(target), what="test")
+    assert result.removed_partial == [f"{UPLOAD_PREFIX}dead-x.bin"]
+    assert sorted(path.name for path in target.iterdir()) == ["x.bin"]

@@ -1,0 +1,278 @@
+"""`toolchain deploy`: preflight, runtime provisioning, opset check, verified idempotent upload.
+
+Remote layout under the profile's workdir:
+
+    <workdir>/.lock                        flock held by the running deploy or bench
+    <workdir>/runtime/<onnxruntime-...>/   provisioned onnxruntime + numpy (PYTHONPATH for the agent)
+    <workdir>/<artifact-id>/               model.fp32.onnx, model.int8.onnx, evalset.npz, manifest.json,
+                                           bench_agent.py, deploy.json (written last: the deploy is complete)
+
+Every file goes to a temporary name, is sha256-checked on the target and renamed into place; files
+already there with the right hash are skipped, so an unchanged redeploy sends 0 bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from toolchain.errors import ArtifactError, TargetIncompatibleError, ToolchainError
+from toolchain.hashing import sha256_file
+from toolchain.remote.preflight import FAIL, OK, Check, preflight_checks, require_passed
+from toolchain.remote.provision import Runtime, WheelIndex, existing_runtime, provision_runtime
+from toolchain.remote.session import LocalFile, TargetSession, UploadProgress, UploadResult
+from toolchain.remote.target import TargetProfile, open_transport
+
+MANIFEST = "manifest.json"
+MANIFEST_SCHEMA = "toolchain.manifest/1"
+RECEIPT = "deploy.json"
+AGENT_NAME = "bench_agent.py"
+AGENT_PATH = Path(__file__).resolve().parent / "agent" / AGENT_NAME
+MODEL_FILES = ("model.fp32.onnx", "model.int8.onnx")
+_ARTIFACT_ID = re.compile(r"^[0-9a-f]{16}$")
+# the oldest opset onnxruntime supports at all
+_MIN_OPSET = 7
+
+Messages = Callable[[str], None]
+ChecksCallback = Callable[[list[Check]], None]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact folder as deploy sees it: its id, model, and the files to ship with their hashes."""
+
+    directory: Path
+    artifact_id: str
+    model: str
+    manifest: dict
+    files: tuple[LocalFile, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(item.size for item in self.files)
+
+
+def load_artifact(directory: Path) -> Artifact:
+    """Read an artifact folder's manifest and check every listed file against its recorded sha256."""
+    directory = directory.parent if directory.name == MANIFEST else directory
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except OSError:
+        raise ArtifactError(f"{directory} is not an artifact folder (no {MANIFEST})",
+                            "pass --artifact with a folder made by `toolchain pipeline`, or --model NAME") from None
+    except ValueError as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}", "re-create the artifact") from None
+    if manifest.get("schema") != MANIFEST_SCHEMA:
+        raise ArtifactError(f"{path} has schema {manifest.get('schema')!r}, expected {MANIFEST_SCHEMA!r}",
+                            "re-create the artifact with this version of toolchain")
+    artifact_id = str(manifest.get("artifact_id", ""))
+    if not _ARTIFACT_ID.match(artifact_id):
+        raise ArtifactError(f"{path}: artifact_id {artifact_id!r} is not 16 hex characters",
+                            "re-create the artifact")
+    listed = manifest.get("files") or {}
+    missing = [name for name in (*MODEL_FILES, "evalset.npz") if name not in listed]
+    if missing:
+        raise ArtifactError(f"{path} lists no {', '.join(missing)}", "re-create the artifact (`toolchain pipeline`)")
+    files = []
+    for name, entry in sorted(listed.items()):
+        file_path = directory / name
+        if "/" in name or not file_path.is_file():
+            raise ArtifactError(f"artifact file {file_path} is missing", "re-create the artifact")
+        digest = sha256_file(file_path)
+        if digest != entry.get("sha256"):
+            raise ArtifactError(f"{file_path} changed since the artifact was made (sha256 differs from {MANIFEST})",
+                                "re-create the artifact instead of editing its files")
+        files.append(LocalFile(name, file_path, digest, file_path.stat().st_size))
+    files.append(LocalFile(MANIFEST, path, sha256_file(path), path.stat().st_size))
+    if not AGENT_PATH.is_file():
+        raise ToolchainError(f"the benchmark agent {AGENT_PATH} is missing from this installation",
+                             "reinstall toolchain (scripts/bootstrap)")
+    files.append(LocalFile(AGENT_NAME, AGENT_PATH, sha256_file(AGENT_PATH), AGENT_PATH.stat().st_size))
+    return Artifact(directory, artifact_id, str(manifest.get("model", directory.parent.name)), manifest,
+                    tuple(files))
+
+
+def find_artifact(artifacts_root: Path, model: str) -> Path:
+    """The newest artifact folder of a model in the store (by manifest time)."""
+    from toolchain.models import resolve
+
+    name = resolve(model).name
+    manifests = sorted((artifacts_root / name).glob(f"*/{MANIFEST}"), key=lambda path: path.stat().st_mtime)
+    if not manifests:
+        raise ArtifactError(f"no artifact of {name} in {artifacts_root}",
+                            f"make one first: toolchain pipeline --model {name}, or pass --artifact PATH")
+    return manifests[-1].parent
+
+
+# --- does the target's runtime load this artifact? --------------------------------------------
+
+
+def _model_stamp(path: Path) -> tuple[int, dict[str, int]]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return model.ir_version, {item.domain or "": item.version for item in model.opset_import}
+
+
+def _probe_model(ir_version: int, opsets: dict[str, int]) -> str:
+    """A one-node model with this IR version and these opset imports, base64 (sent to the target)."""
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    result = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [value], [result])
+    model = helper.make_model(graph, ir_version=ir_version,
+                              opset_imports=[helper.make_opsetid(domain, version)
+                                             for domain, version in sorted(opsets.items())])
+    return base64.b64encode(model.SerializeToString()).decode()
+
+
+def artifact_stamp(artifact: Artifact) -> tuple[int, dict[str, int]]:
+    """The highest IR version and opset per domain over the artifact's models."""
+    ir_version, opsets = 0, {}
+    for name in MODEL_FILES:
+        model_ir, model_opsets = _model_stamp(artifact.directory / name)
+        ir_version = max(ir_version, model_ir)
+        for domain, version in model_opsets.items():
+            opsets[domain] = max(opsets.get(domain, 0), version)
+    return ir_version, opsets
+
+
+def runtime_error_summary(text: str) -> str:
+    """onnxruntime's load error without its C++ source location and signature, in one short line."""
+    text = re.sub(r"^.*(?:\.cc|\.h):\d+ [^\n]*?\)\s+", "", " ".join(text.split()))
+    sentences = [part.strip() for part in re.split(r"(?<=\.)\s+", text) if part.strip()]
+    keep = [part for part in sentences if re.search(r"IR version|[Oo]pset \d+ is|support for domain", part)]
+    return " ".join(keep or sentences[:1])[:300]
+
+
+def check_runtime_loads(session: TargetSession, runtime: Runtime, artifact: Artifact) -> Check:
+    """Ask the target's onnxruntime whether it loads the artifact's IR version and opset (before upload).
+
+    Probe models carry exactly the artifact's stamps; when they fail, lower opsets are probed too, so
+    the refusal can name the `toolchain export --opset N` that this runtime does load.
+    """
+    from onnx.helper import find_min_ir_version_for, make_opsetid
+
+    ir_version, opsets = artifact_stamp(artifact)
+    opset = opsets.get("", 0)
+    probes = {"artifact": _probe_model(ir_version, opsets)}
+    for lower in range(opset - 1, _MIN_OPSET - 1, -1):
+        probes[f"opset-{lower}"] = _probe_model(find_min_ir_version_for([make_opsetid("", lower)]), {"": lower})
+    answer = session.helper("probe", stdin=json.dumps({"models": probes}).encode(), env=runtime.env(),
+                            label=f"onnxruntime {runtime.onnxruntime} probe")
+    value = f"opset {opset}, IR {ir_version}"
+    error = answer["results"]["artifact"]
+    if error is None:
+        return Check("opset", value, OK, f"onnxruntime {answer['onnxruntime']} loads it")
+    loadable = [int(name.split("-")[1]) for name, result in answer["results"].items()
+                if name.startswith("opset-") and result is None]
+    fix = (f"export for this runtime: toolchain export --model {artifact.model} --opset {max(loadable)}"
+           if loadable else "this onnxruntime loads no opset the exporter writes: provision a newer one")
+    return Check("opset", value, FAIL,
+                 f"onnxruntime {answer['onnxruntime']} cannot load it: {runtime_error_summary(error)}", fix)
+
+
+# --- deploy -----------------------------------------------------------------------------------
+
+
+@dataclass
+class DeployReport:
+    """What a deploy did, for the table and --json."""
+
+    target: str
+    profile: str
+    emulated: bool
+    artifact_id: str
+    model: str
+    remote_dir: str = ""
+    checks: list[Check] = field(default_factory=list)
+    runtime: Runtime | None = None
+    upload: UploadResult | None = None
+    cleaned: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.upload.bytes_sent if self.upload else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "profile": self.profile, "emulated": self.emulated,
+                "artifact_id": self.artifact_id, "model": self.model, "remote_dir": self.remote_dir,
+                "checks": [check.to_dict() for check in self.checks],
+                "runtime": self.runtime.to_dict() if self.runtime else None,
+                "files_sent": self.upload.sent if self.upload else [],
+                "files_unchanged": self.upload.unchanged if self.upload else [],
+                "bytes_sent": self.bytes_sent, "cleaned": self.cleaned, "seconds": round(self.seconds, 3)}
+
+
+def _receipt(artifact: Artifact, runtime: Runtime, profile: TargetProfile, folder: Path) -> LocalFile:
+    """deploy.json: deterministic (no time stamp, no history), so an unchanged redeploy leaves it untouched."""
+    path = folder / RECEIPT
+    recorded = {key: value for key, value in runtime.to_dict().items() if key != "source"}
+    path.write_text(json.dumps({"artifact_id": artifact.artifact_id, "model": artifact.model,
+                                "files": {item.name: item.sha256 for item in artifact.files},
+                                "python": profile.python, "runtime": recorded},
+                               indent=2, sort_keys=True) + "\n")
+    return LocalFile(RECEIPT, path, sha256_file(path), path.stat().st_size)
+
+
+def choose_runtime(session: TargetSession, index: WheelIndex, *, on_message: Messages,
+                   on_progress: UploadProgress | None) -> Runtime:
+    """The runtime already on the target that fits the profile's pins, or a freshly provisioned one."""
+    profile = session.profile
+    runtime = existing_runtime(session.require_facts(), profile.onnxruntime, profile.numpy)
+    if runtime is not None:
+        return runtime
+    on_message(f"provisioning onnxruntime {profile.onnxruntime} + numpy {profile.numpy} from the host "
+               f"(the target needs no internet)")
+    return provision_runtime(session, profile.onnxruntime, profile.numpy, index, on_message=on_message,
+                             on_progress=on_progress)
+
+
+def deploy(profile: TargetProfile, artifact_dir: Path, *, clean: bool = False, accept_new_host_key: bool = False,
+           index: WheelIndex | None = None, on_message: Messages = lambda _: None,
+           on_checks: ChecksCallback = lambda _: None, on_progress: UploadProgress | None = None) -> DeployReport:
+    """Deploy one artifact folder to the profile's target; see the module docstring for what lands where.
+
+    `on_checks` receives the table rows as they are decided (preflight, runtime, opset), also when a
+    check fails, so the caller can show them before the error.
+    """
+    started = time.perf_counter()
+    artifact = load_artifact(artifact_dir)
+    report = DeployReport(target=profile.address, profile=profile.name, emulated=profile.emulated,
+                          artifact_id=artifact.artifact_id, model=artifact.model)
+    with open_transport(profile, accept_new_host_key=accept_new_host_key) as transport:
+        session = TargetSession(transport, profile)
+        facts = session.read_facts()
+        report.checks = preflight_checks(facts, profile, artifact.total_bytes)
+        on_checks(report.checks)
+        require_passed(report.checks, transport.target)
+        with session.locked(f"deploy of {artifact.model} {artifact.artifact_id}"):
+            report.runtime = choose_runtime(session, index or WheelIndex(), on_message=on_message,
+                                            on_progress=on_progress)
+            report.checks.append(Check("runtime", f"onnxruntime {report.runtime.onnxruntime}, numpy "
+                                       f"{report.runtime.numpy}", OK, report.runtime.source))
+            opset_check = check_runtime_loads(session, report.runtime, artifact)
+            report.checks.append(opset_check)
+            on_checks(report.checks)
+            if opset_check.status == FAIL:
+                raise TargetIncompatibleError(f"{transport.target}: {opset_check.note}", opset_check.hint)
+            report.remote_dir = session.remote_path(artifact.artifact_id)
+            with tempfile.TemporaryDirectory(prefix="toolchain-deploy-") as folder:
+                files = [*artifact.files, _receipt(artifact, report.runtime, profile, Path(folder))]
+                report.upload = session.upload(files, report.remote_dir, what=f"artifact {artifact.artifact_id}",
+                                               on_progress=on_progress)
+            if clean:
+                answer = session.helper("clean", session.remote_path(), artifact.artifact_id,
+                                        label="removing old artifacts")
+                report.cleaned = list(answer["removed"])
+    report.seconds = time.perf_counter() - started
+    return report

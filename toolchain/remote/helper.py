@@ -1,0 +1,379 @@
+"""Small operations the host asks the target to do: facts, lock, verified commit, runtime install, probe.
+
+This file runs ON THE TARGET, sent as `python3 -c <this file> OPERATION ARGS...`; it is never imported
+by the host package. It must run on Python 3.5 (a stock Ubuntu 16.04 Bluebox) with the standard
+library only, so: no f-strings, no annotations, no third-party imports (onnxruntime only inside
+`probe`, which runs with the provisioned runtime on PYTHONPATH). Each operation prints one JSON
+document on stdout; a failure prints one line on stderr and exits non-zero.
+"""
+
+import base64
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import zipfile
+
+UPLOAD_PREFIX = ".tc-upload-"
+RUNTIME_MARKER = ".toolchain-runtime.json"
+ARTIFACT_DIR = re.compile(r"^[0-9a-f]{16}$")
+EXIT_BUSY = 3
+
+# ARM's CPU part numbers (MIDR) of the cores an embedded target is likely to have; /proc/cpuinfo on
+# arm64 has no "model name" line.
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+             "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+             "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
+             "0xd49": "Neoverse-N2"}
+
+IMPORT_CHECK = """
+import json
+info = {}
+try:
+    import numpy
+    info["numpy"] = numpy.__version__
+except Exception as exc:
+    info["numpy_error"] = "%s: %s" % (type(exc).__name__, exc)
+try:
+    import onnxruntime
+    info["onnxruntime"] = onnxruntime.__version__
+    info["onnxruntime_path"] = onnxruntime.__file__
+except Exception as exc:
+    info["onnxruntime_error"] = "%s: %s" % (type(exc).__name__, exc)
+print(json.dumps(info))
+"""
+
+
+class Refused(Exception):
+    """A failure to report as one line on stderr."""
+
+
+def emit(value):
+    sys.stdout.write(json.dumps(value, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def existing_ancestor(path):
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def read_text(path):
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except (IOError, OSError):
+        return ""
+
+
+def os_name():
+    for line in read_text("/etc/os-release").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    return platform.platform()
+
+
+def cpu_model():
+    fields = {}
+    for line in read_text("/proc/cpuinfo").splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            fields.setdefault(key.strip().lower(), value.strip())
+    if "model name" in fields:
+        return fields["model name"]
+    if fields.get("cpu implementer") == "0x41" and "cpu part" in fields:
+        return ARM_PARTS.get(fields["cpu part"], "ARM part " + fields["cpu part"])
+    return platform.processor() or "unknown"
+
+
+def glibc_version():
+    try:
+        name = os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):
+        name = None
+    if name and name.startswith("glibc "):
+        return name.split(" ", 1)[1]
+    lib, version = platform.libc_ver()
+    return version if lib == "glibc" and version else None
+
+
+def import_check(pythonpath):
+    """Import numpy and onnxruntime in a child process (a crash there must not take us down)."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    child = subprocess.Popen([sys.executable, "-c", IMPORT_CHECK], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)
+    try:
+        out, err = child.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        return {"onnxruntime_error": "import did not finish within 600 s"}
+    if child.returncode < 0:
+        return {"onnxruntime_error": "import crashed with signal %d" % -child.returncode}
+    try:
+        return json.loads(out.decode("utf-8", "replace"))
+    except ValueError:
+        lines = err.decode("utf-8", "replace").strip().splitlines()
+        return {"onnxruntime_error": lines[-1] if lines else "import failed (exit %d)" % child.returncode}
+
+
+def op_facts(workdir):
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    measured = existing_ancestor(workdir)
+    usage = shutil.disk_usage(measured)
+    runtimes = []
+    runtime_root = os.path.join(workdir, "runtime")
+    if os.path.isdir(runtime_root):
+        for name in sorted(os.listdir(runtime_root)):
+            marker = os.path.join(runtime_root, name, RUNTIME_MARKER)
+            if os.path.isfile(marker):
+                try:
+                    with open(marker) as handle:
+                        runtimes.append({"dir": os.path.join(runtime_root, name), "marker": json.load(handle)})
+                except ValueError:
+                    continue
+    emit({"hostname": socket.gethostname(), "arch": platform.machine(), "os": os_name(),
+          "kernel": platform.release(), "python": platform.python_version(),
+          "python_executable": sys.executable, "glibc": glibc_version(), "cpu_model": cpu_model(),
+          "cores": os.cpu_count(), "workdir": workdir, "workdir_exists": os.path.isdir(workdir),
+          "free_bytes": usage.free, "free_path": measured, "writable": os.access(measured, os.W_OK),
+          "system_runtime": import_check(None), "runtimes": runtimes})
+
+
+def op_lock(path, holder):
+    """Hold an exclusive lock on `path` until stdin closes (the host's channel ending releases it)."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        os.makedirs(parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (IOError, OSError) as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        sys.stdout.write("BUSY " + (os.read(fd, 65536).decode("utf-8", "replace").strip() or "{}") + "\n")
+        sys.stdout.flush()
+        sys.exit(EXIT_BUSY)
+    os.ftruncate(fd, 0)
+    os.write(fd, holder.encode("utf-8"))
+    os.fsync(fd)
+    # a dropped connection closes our stdin or hangs us up: either way the lock goes with us
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sys.stdout.write("LOCKED\n")
+    sys.stdout.flush()
+    while sys.stdin.buffer.read(4096):
+        pass
+    os.ftruncate(fd, 0)
+    os.close(fd)
+    emit({"released": path})
+
+
+def op_prepare(directory, mode="create"):
+    """List the folder's files with hashes, after dropping uploads a broken run left behind.
+
+    mode "create" makes the folder first; "existing" only looks (a missing folder lists as empty).
+    """
+    exists = os.path.isdir(directory)
+    if not exists and mode == "create":
+        os.makedirs(directory)
+        exists = True
+    files, removed = {}, []
+    for name in sorted(os.listdir(directory)) if exists else []:
+        path = os.path.join(directory, name)
+        if name.startswith(UPLOAD_PREFIX):
+            os.remove(path)
+            removed.append(name)
+        elif os.path.isfile(path):
+            files[name] = {"sha256": sha256_of(path), "bytes": os.path.getsize(path)}
+    emit({"directory": directory, "exists": exists, "files": files, "removed_partial": removed,
+          "free_bytes": shutil.disk_usage(existing_ancestor(directory)).free})
+
+
+def op_commit(directory):
+    """Verify each uploaded temporary file against its sha256, then rename it into place, in order.
+
+    The first mismatch stops the commit and removes the remaining temporary files, so a file listed
+    last (the deploy receipt) is only in place when everything before it is.
+    """
+    plan = json.loads(sys.stdin.read())
+    committed, mismatched = [], []
+    for position, item in enumerate(plan):
+        temp = os.path.join(directory, item["temp"])
+        actual = sha256_of(temp)
+        if actual != item["sha256"]:
+            mismatched.append({"name": item["final"], "expected": item["sha256"], "actual": actual})
+            for rest in plan[position:]:
+                if os.path.exists(os.path.join(directory, rest["temp"])):
+                    os.remove(os.path.join(directory, rest["temp"]))
+            break
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, os.path.join(directory, item["final"]))
+        committed.append(item["final"])
+    fsync_dir(directory)
+    emit({"committed": committed, "mismatched": mismatched})
+
+
+def op_remove(directory, *names):
+    removed = []
+    for name in names:
+        if not name.startswith(UPLOAD_PREFIX) or "/" in name:
+            raise Refused("refusing to remove %r: only upload leftovers are removed this way" % name)
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            os.remove(path)
+            removed.append(name)
+    emit({"removed": removed})
+
+
+def tree_bytes(path):
+    total = 0
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def op_clean(workdir, keep):
+    """Remove deployed artifact folders other than `keep` (runtimes and the lock stay)."""
+    removed, freed = [], 0
+    for name in sorted(os.listdir(workdir)):
+        path = os.path.join(workdir, name)
+        if ARTIFACT_DIR.match(name) and name != keep and os.path.isdir(path) and not os.path.islink(path):
+            freed += tree_bytes(path)
+            shutil.rmtree(path)
+            removed.append(name)
+    emit({"removed": removed, "freed_bytes": freed})
+
+
+def wheel_members(archive):
+    """(member, destination) pairs of a wheel, .data/purelib and .data/platlib mapped to the top."""
+    pairs = []
+    for member in archive.namelist():
+        if member.endswith("/"):
+            continue
+        parts = member.split("/")
+        if member.startswith("/") or ".." in parts:
+            raise Refused("wheel member %r escapes the install folder" % member)
+        if parts[0].endswith(".data"):
+            if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                continue  # scripts, headers, data: not needed to import the package
+            parts = parts[2:]
+        pairs.append((member, "/".join(parts)))
+    return pairs
+
+
+def op_install_runtime(destination, marker_json, *wheels):
+    """Unpack verified wheels into a fresh folder, write the marker last, rename it into place."""
+    staging = "%s.tmp-%d" % (destination, os.getpid())
+    if os.path.exists(staging):
+        shutil.rmtree(staging)
+    os.makedirs(staging)
+    try:
+        for wheel in wheels:
+            with zipfile.ZipFile(wheel) as archive:
+                for member, target in wheel_members(archive):
+                    path = os.path.join(staging, target)
+                    parent = os.path.dirname(path)
+                    if not os.path.isdir(parent):
+                        os.makedirs(parent)
+                    with archive.open(member) as source, open(path, "wb") as sink:
+                        shutil.copyfileobj(source, sink, 1 << 20)
+        with open(os.path.join(staging, RUNTIME_MARKER), "w") as handle:
+            handle.write(marker_json)
+        if os.path.isdir(destination):
+            shutil.rmtree(destination)
+        os.rename(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for wheel in wheels:
+        os.remove(wheel)
+    emit({"installed": destination, "bytes": tree_bytes(destination)})
+
+
+def op_probe():
+    """Can this onnxruntime load models stamped with these IR versions and opsets? (stdin: models)"""
+    request = json.loads(sys.stdin.read())
+    import numpy
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # a fixed thread count: under emulation the CPU count is fake and setting affinity fails
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    results = {}
+    for name, encoded in sorted(request["models"].items()):
+        try:
+            onnxruntime.InferenceSession(base64.b64decode(encoded), sess_options=options,
+                                         providers=["CPUExecutionProvider"])
+            results[name] = None
+        except Exception as exc:
+            results[name] = str(exc).strip().splitlines()[-1][-400:] if str(exc).strip() else type(exc).__name__
+    emit({"onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
+          "providers": onnxruntime.get_available_providers(), "results": results})
+
+
+def op_free(path):
+    measured = existing_ancestor(os.path.abspath(os.path.expanduser(path)))
+    emit({"free_bytes": shutil.disk_usage(measured).free, "free_path": measured})
+
+
+OPERATIONS = {"facts": op_facts, "lock": op_lock, "prepare": op_prepare, "commit": op_commit,
+              "remove": op_remove, "clean": op_clean, "install-runtime": op_install_runtime,
+              "probe": op_probe, "free": op_free}
+
+
+def main(argv):
+    if not argv or argv[0] not in OPERATIONS:
+        sys.stderr.write("usage: helper {%s} ARGS...\n" % ",".join(sorted(OPERATIONS)))
+        return 2
+    try:
+        OPERATIONS[argv[0]](*argv[1:])
+    except Refused as exc:
+        sys.stderr.write("error: %s\n" % exc)
+        return 2
+    except (IOError, OSError) as exc:
+        sys.stderr.write("error: %s: %s\n" % (getattr(exc, "filename", None) or argv[0], exc.strerror or exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,265 @@
+"""Target profiles (targets/<name>/target.toml), ~/.ssh/config aliases and command-line overrides.
+
+Precedence, highest first: command-line flags, the ~/.ssh/config entry of the host (HostName, User,
+Port, IdentityFile, UserKnownHostsFile), the profile file. Nothing in a profile is a secret: keys stay
+in their files and are referred to by path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolchain.errors import TargetConfigError
+from toolchain.transport import LocalTransport, SSHSettings, SSHTransport, Transport
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_TARGET = "bluebox2"
+LOCAL_HOST = "local"
+PROFILE_FILE = "target.toml"
+_REPO_TARGETS = Path(__file__).resolve().parents[2] / "targets"
+_VERSION = re.compile(r"^(newest|\d+(\.\d+)*)$")
+
+
+@dataclass(frozen=True)
+class BenchDefaults:
+    """How the agent measures on this target unless the command line says otherwise."""
+
+    threads: tuple[int, ...] = (1,)
+    batch: int = 1
+    warmup: int = 20
+    runs: int = 200
+    min_time: float = 0.0
+    timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
+class EmulationSettings:
+    """For the emulated Bluebox: which local instance provides host, keys and known_hosts."""
+
+    instance: str = "bluebox"
+    subnet: str = "10.200.0"
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """One target: how to reach it, what it must be, which runtime it gets, how to benchmark on it."""
+
+    name: str
+    source: Path | None = None
+    description: str = ""
+    emulated: bool = False
+    # [connection]
+    host: str | None = None
+    port: int = 22
+    user: str | None = None
+    identity_file: Path | None = None
+    known_hosts: Path = Path("~/.ssh/known_hosts")
+    ssh_config: Path | None = Path("~/.ssh/config")
+    use_agent: bool = True
+    connect_timeout: float = 10.0
+    command_timeout: float = 300.0
+    keepalive: float = 15.0
+    # [target]
+    arch: str = "aarch64"
+    cores: int | None = None
+    cpu: str | None = None
+    python: str = "python3"
+    workdir: str = "~/toolchain"
+    min_free_mb: int = 16
+    # [runtime]: a version pins it, "newest" takes the newest wheel that fits the target
+    onnxruntime: str = "newest"
+    numpy: str = "newest"
+    bench: BenchDefaults = field(default_factory=BenchDefaults)
+    emulation: EmulationSettings | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.host == LOCAL_HOST
+
+    @property
+    def address(self) -> str:
+        if self.is_local:
+            return LOCAL_HOST
+        return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
+
+    def with_overrides(self, **values: Any) -> "TargetProfile":
+        """A copy with the given fields replaced; None means "not given" and keeps the current value."""
+        given = {key: value for key, value in values.items() if value is not None}
+        unknown = set(given) - {item.name for item in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown profile fields: {sorted(unknown)}")
+        return dataclasses.replace(self, **given)
+
+    def to_dict(self) -> dict[str, Any]:
+        """For JSON output (nothing secret is in a profile)."""
+        return dataclasses.asdict(self)
+
+
+# --- reading target.toml ----------------------------------------------------------------------
+
+_SECTIONS: dict[str | None, dict[str, type | tuple[type, ...]]] = {
+    None: {"name": str, "description": str, "emulated": bool},
+    "connection": {"host": str, "port": int, "user": str, "identity_file": str, "known_hosts": str,
+                   "ssh_config": str, "use_agent": bool, "connect_timeout": (int, float),
+                   "command_timeout": (int, float), "keepalive": (int, float)},
+    "target": {"arch": str, "cores": int, "cpu": str, "python": str, "workdir": str, "min_free_mb": int},
+    "runtime": {"onnxruntime": str, "numpy": str},
+    "bench": {"threads": list, "batch": int, "warmup": int, "runs": int, "min_time": (int, float),
+              "timeout": (int, float)},
+    "emulation": {"instance": str, "subnet": str},
+}
+_PATH_FIELDS = {"identity_file", "known_hosts", "ssh_config"}
+
+
+def _section_values(path: Path, document: dict[str, Any], section: str | None) -> dict[str, Any]:
+    table = document if section is None else document.get(section, {})
+    where = f"[{section}]" if section else "the top level"
+    if not isinstance(table, dict):
+        raise TargetConfigError(f"{path}: {section} must be a table", f"write it as [{section}]")
+    allowed = _SECTIONS[section]
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if section is None and key in _SECTIONS:
+            continue
+        if key not in allowed:
+            raise TargetConfigError(f"{path}: unknown key {key!r} in {where}",
+                                    f"known keys there: {', '.join(sorted(allowed))}")
+        expected = allowed[key]
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            raise TargetConfigError(f"{path}: {key} in {where} has the wrong type ({type(value).__name__})",
+                                    "see targets/bluebox2/target.toml for an example of every key")
+        if key in _PATH_FIELDS:
+            value = Path(value).expanduser() if value else None  # "" switches a file off (ssh_config)
+            if value is not None and not value.is_absolute() and not str(table[key]).startswith("~"):
+                value = path.parent / value  # relative to the profile's folder
+        values[key] = value
+    return values
+
+
+def parse_profile(path: Path, text: str) -> TargetProfile:
+    """A profile from the text of a target.toml (`path` is for messages and relative key paths)."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TargetConfigError(f"{path} is not valid TOML: {exc}", "fix the syntax (see targets/bluebox2)") \
+            from None
+    unknown_tables = {key for key, value in document.items() if isinstance(value, dict)} - set(_SECTIONS)
+    if unknown_tables:
+        raise TargetConfigError(f"{path}: unknown table [{sorted(unknown_tables)[0]}]",
+                                f"known tables: {', '.join(sorted(key for key in _SECTIONS if key))}")
+    values: dict[str, Any] = {}
+    for section in ("connection", "target", "runtime", None):
+        values.update(_section_values(path, document, section))
+    bench = _section_values(path, document, "bench")
+    if "threads" in bench:
+        threads = bench["threads"]
+        if not threads or not all(isinstance(item, int) and not isinstance(item, bool) and item > 0
+                                  for item in threads):
+            raise TargetConfigError(f"{path}: bench threads must be a list of positive integers",
+                                    "e.g. threads = [1, 2, 4, 8]")
+        bench["threads"] = tuple(threads)
+    if "emulation" in document:
+        values["emulation"] = EmulationSettings(**_section_values(path, document, "emulation"))
+    for key in ("onnxruntime", "numpy"):
+        if key in values and not _VERSION.match(values[key]):
+            raise TargetConfigError(f"{path}: {key} = {values[key]!r} is not a version",
+                                    'write a version like "1.16.3", or "newest"')
+    values.setdefault("name", path.parent.name if path.name == PROFILE_FILE else path.stem)
+    return TargetProfile(source=path, bench=BenchDefaults(**bench), **values)
+
+
+def profile_path(reference: str | Path | None) -> Path:
+    """The target.toml a `--target` value names: a file, a folder holding one, or a name under targets/."""
+    reference = DEFAULT_TARGET if reference is None else reference
+    candidate = Path(reference).expanduser()
+    if candidate.is_file():
+        return candidate
+    if (candidate / PROFILE_FILE).is_file():
+        return candidate / PROFILE_FILE
+    if not isinstance(reference, Path) and "/" not in str(reference) and not str(reference).endswith(".toml"):
+        for root in (Path.cwd() / "targets", _REPO_TARGETS):
+            if (root / str(reference) / PROFILE_FILE).is_file():
+                return root / str(reference) / PROFILE_FILE
+    known = sorted({path.parent.name for root in (Path.cwd() / "targets", _REPO_TARGETS)
+                    for path in root.glob(f"*/{PROFILE_FILE}")})
+    raise TargetConfigError(f"no target profile {reference}",
+                            f"pass --target with a target.toml path or one of: {', '.join(known) or 'none found'}")
+
+
+def load_profile(reference: str | Path | None = None) -> TargetProfile:
+    """Read and validate a target profile (see `profile_path` for what `reference` may be)."""
+    path = profile_path(reference)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TargetConfigError(f"cannot read {path}: {exc.strerror}", "check the path and its permissions") \
+            from None
+    return parse_profile(path, text)
+
+
+def apply_ssh_config(profile: TargetProfile) -> TargetProfile:
+    """Honour the ~/.ssh/config entry for the profile's host (HostName, User, Port, IdentityFile)."""
+    if profile.is_local or not profile.host or profile.ssh_config is None:
+        return profile
+    path = profile.ssh_config.expanduser()
+    if not path.is_file():
+        return profile
+    import paramiko
+
+    try:
+        entry = paramiko.SSHConfig.from_path(str(path)).lookup(profile.host)
+    except (OSError, paramiko.ssh_exception.ConfigParseError) as exc:
+        raise TargetConfigError(f"cannot read {path}: {exc}", "fix the file or set ssh_config = \"\"") from None
+    identity = entry.get("identityfile") or []
+    port = entry.get("port")
+    known_hosts = entry.get("userknownhostsfile")
+    try:
+        port_number = int(port) if port else None
+    except ValueError:
+        raise TargetConfigError(f"{path}: Port {port!r} of host {profile.host} is not a number",
+                                "fix the Port line") from None
+    return profile.with_overrides(host=entry.get("hostname"), user=entry.get("user"), port=port_number,
+                                  identity_file=Path(identity[0]) if identity else None,
+                                  known_hosts=Path(known_hosts.split()[0]) if known_hosts else None)
+
+
+def resolve_profile(reference: str | Path | None = None, *, host: str | None = None,
+                    **overrides: Any) -> TargetProfile:
+    """The profile a command runs with: file, then ~/.ssh/config for the host, then flags.
+
+    For an emulated profile the host, keys and known_hosts come from its local instance.
+    """
+    profile = load_profile(reference)
+    if profile.emulation is not None and host is None:
+        from toolchain.remote.emulated import EmulatedBluebox
+
+        instance = EmulatedBluebox.from_settings(profile.emulation)
+        instance.require_running()
+        profile = instance.apply_to(profile)
+    if host is not None:
+        profile = profile.with_overrides(host=host)
+    profile = apply_ssh_config(profile)
+    profile = profile.with_overrides(**overrides)
+    if not profile.host:
+        raise TargetConfigError(f"no host for target {profile.name}",
+                                "pass --host (an address or a ~/.ssh/config alias) or set host in the profile")
+    return profile
+
+
+def open_transport(profile: TargetProfile, *, accept_new_host_key: bool = False) -> Transport:
+    """The transport for a resolved profile (nothing connects until the first command)."""
+    if profile.is_local:
+        return LocalTransport()
+    return SSHTransport(SSHSettings(
+        host=profile.host or "", port=profile.port, user=profile.user, identity_file=profile.identity_file,
+        known_hosts=profile.known_hosts, accept_new_host_key=accept_new_host_key, use_agent=profile.use_agent,
+        connect_timeout=profile.connect_timeout, keepalive_s=profile.keepalive))
