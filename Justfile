@@ -21,9 +21,14 @@ test *ARGS:
     if [ $rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 0; fi
     exit $rc
 
-# end to end on the embedded default: Fashion-MNIST, hps-06-0.5x, local target
-demo:
-    {{bin}}/toolchain models 'hps-06*'
+# end to end on the embedded default: Fashion-MNIST (Debian), hps-06-0.5x, this machine as the target
+demo MODEL="hps-06-0.5x":
+    {{bin}}/toolchain models '{{MODEL}}'
+    @echo "== export: checkpoint (trains one briefly if there is none) -> ONNX -> onnxsim -> INT8 behind the accuracy gate" >&2
+    {{bin}}/toolchain export --model '{{MODEL}}'
+    @echo "== bench on the local target: the same agent and JSON schema the Bluebox runs" >&2
+    {{bin}}/toolchain bench --model '{{MODEL}}' --threads 1,2
+    @echo "== done: artifacts/{{MODEL}}/ holds the models, manifest.json and bench/*.json; on a Bluebox: toolchain deploy --model {{MODEL}} --host 10.234.224.16" >&2
 
 # benchmarks; results in benchmarks/results/*.json
 bench:

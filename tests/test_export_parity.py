@@ -81,8 +81,22 @@ def test_parity_error_shows_the_measured_difference():
     candidate = reference.copy()
     candidate[2, 3] = 0.25
     with pytest.raises(ParityError) as raised:
-        check_parity(reference, candidate, 1e-4, "ONNX export vs torch")
+        check_parity(reference, candidate, 1e-4, 1e-6, "ONNX export vs torch")
     assert_clear_error(raised.value, "max |d| = 0.25", "--atol 0.0001")
+
+
+def test_parity_tolerance_grows_with_the_size_of_the_logits():
+    # float32 keeps ~7 digits: logits of 1e8 (a net with near-dead BatchNorm channels) differ by ~1e2
+    # after export for rounding alone; the same difference on logits of ~10 is a real defect.
+    huge = np.full((2, 10), 4.4e8, dtype=np.float32)
+    assert check_parity(huge, huge + 192, 1e-4, 1e-6, "export") == 192
+    with pytest.raises(ParityError) as raised:
+        check_parity(huge, huge + 192, 1e-4, 0.0, "export")
+    assert_clear_error(raised.value, "max |d| = 192", "--rtol 0", "max |logit| 4.4e+08")
+    assert "ill-conditioned" in raised.value.hint
+    usual = np.full((2, 10), 10.0, dtype=np.float32)
+    with pytest.raises(ParityError):
+        check_parity(usual, usual + 1e-3, 1e-4, 1e-6, "export")
 
 
 def test_export_refuses_an_opset_outside_what_it_can_write(images, tmp_path):

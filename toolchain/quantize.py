@@ -210,7 +210,26 @@ def quantize_static_int8(model: Path, output: Path, settings: QuantSettings, cac
                             calibrate_method=method, calibration_cache_path=str(cache))
     except Exception as exc:  # the quantizer raises assorted errors on unusual graphs
         raise _failure("static INT8 quantization", exc) from None
+    drop_unused_opset_imports(output)
     return output
+
+
+def drop_unused_opset_imports(path: Path) -> None:
+    """Remove the opset imports of domains no node uses, in place.
+
+    ORT's pre-processing saves its optimised graph with every domain the runtime registers
+    (com.microsoft.nchwc, ai.onnx.preview.training, org.pytorch.aten, ...). Unused, they still make an
+    older runtime on a target refuse the file, and make deploy's opset check name domains the model
+    does not need.
+    """
+    model = onnx.load(str(path))
+    used = {node.domain or "" for node in model.graph.node} | {""}
+    kept = [item for item in model.opset_import if (item.domain or "") in used]
+    if len(kept) == len(model.opset_import):
+        return
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    onnx.save(model, str(path))
 
 
 def quantizable_nodes(qdq_model: onnx.ModelProto) -> list[onnx.NodeProto]:

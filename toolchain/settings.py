@@ -16,6 +16,10 @@ EXPORTERS = ("torchscript", "dynamo")
 # opset 7 is the oldest onnxruntime loads; 18 the newest both exporters write for these models
 OPSET_RANGE = (7, 18)
 DEFAULT_ATOL = 1e-4
+# Relative part of the parity tolerance, times the largest |logit| of the reference: float32 keeps ~7
+# digits, so a model whose logits reach 1e8 (a briefly trained net with near-dead BatchNorm channels)
+# differs by ~1e2 after export for rounding alone, while the usual logits of ~10 gain only 1e-5.
+DEFAULT_RTOL = 1e-6
 
 METHODS = ("minmax", "entropy", "percentile")
 FORMATS = ("qdq", "qoperator")
@@ -32,6 +36,12 @@ DEFAULTS_REASON = ("qoperator + uint8 activations (U8S8) + per-channel int8 weig
                    "(use --format qdq there)")
 
 
+def check_rtol(rtol: float) -> None:
+    """A usage error unless --rtol is a finite number >= 0."""
+    if not (math.isfinite(rtol) and rtol >= 0):
+        raise UsageError(f"--rtol must be a number >= 0, got {rtol}", "pass e.g. --rtol 1e-6 (0: absolute only)")
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     """torch -> ONNX: opset, exporter, parity tolerance, whether onnxsim runs."""
@@ -39,6 +49,7 @@ class ExportSettings:
     opset: int = DEFAULT_OPSET
     exporter: str = "torchscript"
     atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
     simplify: bool = True
 
     def validate(self) -> None:
@@ -51,6 +62,7 @@ class ExportSettings:
                              f"pass an opset from {low} to {high} (the target's onnxruntime decides which)")
         if not (math.isfinite(self.atol) and self.atol > 0):
             raise UsageError(f"--atol must be a positive number, got {self.atol}", "pass e.g. --atol 1e-4")
+        check_rtol(self.rtol)
 
     def to_dict(self) -> dict:
         return asdict(self)

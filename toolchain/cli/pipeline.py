@@ -14,7 +14,7 @@ import typer
 from toolchain.cli.options import (DEFAULT_ARTIFACTS, ArtifactsOption, CheckpointOption, DataDirOption, JsonOption,
                                    ModelOption, OptionalDatasetOption)
 from toolchain.cli.output import emit_json, info, progress, table
-from toolchain.settings import DEFAULT_ATOL, DEFAULT_MAX_DROP, DEFAULT_OPSET, ExportSettings, QuantSettings
+from toolchain.settings import DEFAULT_ATOL, DEFAULT_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, ExportSettings, QuantSettings
 
 if TYPE_CHECKING:
     from toolchain.pipeline import ExportRequest, PipelineResult
@@ -38,6 +38,8 @@ MaxKeptFloatOption = Annotated[Optional[int], typer.Option(
     "--max-kept-float", help="Most nodes the gate may keep in float (default: half of the quantizable ones).")]
 EvalCountOption = Annotated[int, typer.Option("--eval-count", help="Eval images (shipped in evalset.npz).", min=1)]
 AtolOption = Annotated[float, typer.Option("--atol", help="Parity tolerance: max |d| of logits vs the reference.")]
+RtolOption = Annotated[float, typer.Option(
+    "--rtol", help="Relative part of the parity tolerance, times the largest |logit| (0: absolute only).")]
 SimplifyOption = Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim (default on).")]
 
 
@@ -79,6 +81,7 @@ def export(
     exporter: Annotated[str, typer.Option(
         "--exporter", help="torchscript (fast, default) or dynamo (torch.export based).")] = "torchscript",
     atol: AtolOption = DEFAULT_ATOL,
+    rtol: RtolOption = DEFAULT_RTOL,
     simplify: SimplifyOption = True,
     calibration: CalibrationOption = None,
     method: MethodOption = "minmax",
@@ -99,7 +102,7 @@ def export(
 
     request = ExportRequest(
         model=model, checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, artifacts=artifacts,
-        export=ExportSettings(opset=opset, exporter=exporter, atol=atol, simplify=simplify),
+        export=ExportSettings(opset=opset, exporter=exporter, atol=atol, rtol=rtol, simplify=simplify),
         quant=_quant_settings(method, quant_format, per_channel, activation_type, reduce_range, exclude_nodes,
                               max_drop, max_kept_float),
         calibration=calibration, eval_count=eval_count, train_if_missing=train)
@@ -137,6 +140,7 @@ def quantize(
     data_dir: DataDirOption = None,
     artifacts: ArtifactsOption = DEFAULT_ARTIFACTS,
     atol: AtolOption = DEFAULT_ATOL,
+    rtol: RtolOption = DEFAULT_RTOL,
     simplify: SimplifyOption = True,
     method: MethodOption = "minmax",
     quant_format: FormatOption = "qoperator",
@@ -154,7 +158,7 @@ def quantize(
 
     request = QuantizeRequest(
         onnx=onnx_file, name=name, calibration=calibration, eval_set=eval_set, data_dir=data_dir,
-        artifacts=artifacts, atol=atol, simplify=simplify,
+        artifacts=artifacts, atol=atol, rtol=rtol, simplify=simplify,
         quant=_quant_settings(method, quant_format, per_channel, activation_type, reduce_range, exclude_nodes,
                               max_drop, max_kept_float),
         eval_count=eval_count)

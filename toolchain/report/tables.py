@@ -53,8 +53,9 @@ def artifact_notes(manifest: dict[str, Any]) -> list[str]:
     parity = manifest.get("parity", {})
     measured = ", ".join(f"{key.removesuffix('_max_abs')} {value:.2g}" for key, value in parity.items()
                          if key.endswith("_max_abs"))
-    notes = [f"parity max |d| ({measured}) <= atol {parity.get('atol', 0):g} on {parity.get('images', '?')} "
-             "eval images"] if measured else []
+    tolerance = parity.get("tolerance", parity.get("atol", 0))
+    notes = [f"parity max |d| ({measured}) <= {tolerance:.2g} (atol {parity.get('atol', 0):g} + rtol "
+             f"{parity.get('rtol', 0):g} x max |logit|) on {parity.get('images', '?')} eval images"] if measured else []
     kept = manifest.get("kept_float") or []
     quantization = manifest.get("quantization", {})
     notes.append(f"gate: drop {manifest['accuracy']['drop_pp']:+.2f} pp <= {manifest['accuracy']['max_drop_pp']:g} pp"
