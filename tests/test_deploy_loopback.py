@@ -1,14 +1,17 @@
 """deploy and remote bench against a real OpenSSH server on 127.0.0.1 (the target is this machine).
 
-The integration path (deploy, unchanged redeploy, bench, fetch, lock) and the faults: each fault ends
-in one typed error, and nothing half-written stays on either side.
+The integration path on artifacts the host pipeline made (deploy, unchanged redeploy, bench, fetch,
+lock, `toolchain target bench` making a missing artifact first) and the faults: each fault ends in
+one typed error, and nothing half-written stays on either side.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +22,11 @@ import pytest
 from tests.conftest import require
 from tests.fixtures.deploy import DeployArtifacts, artifact_copy
 from tests.fixtures.sshd import LOOPBACK, FlakyProxy, LoopbackSSHD
+from toolchain.artifacts import BENCH_DIR
+from toolchain.benchmark import BenchSettings, bench_local, validate_result
 from toolchain.errors import (ArtifactError, BenchmarkError, ConnectionDroppedError, DeployError, LockHeldError,
                               ProvisioningError, TargetIncompatibleError)
-from toolchain.remote.bench import BENCH_DIR, bench_remote
+from toolchain.remote.bench import SUMMARY_SCHEMA, bench_remote
 from toolchain.remote.deploy import AGENT_NAME, RECEIPT, deploy
 from toolchain.remote.helper import UPLOAD_PREFIX
 from toolchain.remote.provision import WheelIndex
@@ -31,11 +36,23 @@ from toolchain.remote.target import TargetProfile, open_transport
 pytestmark = pytest.mark.sshd
 
 SHIPPED = {"model.fp32.onnx", "model.int8.onnx", "evalset.npz", "manifest.json", AGENT_NAME, RECEIPT}
+TOOLCHAIN = str(Path(sys.executable).with_name("toolchain"))
 
 
 def remote_files(profile: TargetProfile, artifact: Path) -> set[str]:
     folder = Path(profile.workdir) / artifact.name
     return {path.name for path in folder.iterdir()} if folder.is_dir() else set()
+
+
+def profile_file(loopback_sshd: LoopbackSSHD, folder: Path, name: str, known_hosts: Path, arch: str) -> Path:
+    """A target.toml for the loopback sshd, as a user would write one for `--target`."""
+    path = folder / "target.toml"
+    path.write_text(
+        f'name = "{name}"\n[connection]\nhost = "{LOOPBACK}"\nport = {loopback_sshd.port}\nuser = "root"\n'
+        f'identity_file = "{loopback_sshd.client_key}"\nknown_hosts = "{known_hosts}"\n'
+        f'ssh_config = ""\nuse_agent = false\n[target]\narch = "{arch}"\npython = "{sys.executable}"\n'
+        f'workdir = "{folder / "work"}"\nmin_free_mb = 0\n')
+    return path
 
 
 @pytest.fixture
@@ -75,13 +92,26 @@ def test_bench_over_ssh_stores_a_checked_result_beside_the_manifest(profile: Tar
     events: list[dict] = []
     result = bench_remote(profile, artifact, on_progress=events.append)
     assert result.path.parent == artifact / BENCH_DIR and result.path.name.startswith("loopback-")
-    stored = json.loads(result.path.read_text())
-    assert stored["schema"] == "toolchain.bench/1" and stored["target"]["emulated"] is False
+    stored = validate_result(json.loads(result.path.read_text()))
+    assert stored["target"]["emulated"] is False
     assert {entry["variant"] for entry in stored["results"]} == {"fp32", "int8"}
-    assert stored["remote"]["artifact_id"] == artifact.name and stored["remote"]["address"] == profile.address
+    assert stored["artifact"]["artifact_id"] == artifact.name and stored["remote"]["address"] == profile.address
     # same machine, same onnxruntime: the target's answers are the host's
     assert all(item.agreement_pct == 100.0 for item in result.agreements)
     assert events
+
+
+def test_remote_and_local_bench_write_one_schema(profile: TargetProfile, artifact: Path) -> None:
+    settings = BenchSettings(threads=(1,), warmup=1, runs=3)
+    local = bench_local(artifact, settings).document
+    deploy(profile, artifact)
+    remote = bench_remote(profile, artifact, settings).document
+    assert set(remote) == set(local) | {"remote"}
+    assert set(remote["artifact"]) == set(local["artifact"]) and set(remote["settings"]) == set(local["settings"])
+    assert (local["artifact"]["target"], remote["artifact"]["target"]) == ("local", "loopback")
+    assert remote["agreement"] == local["agreement"]
+    for document in (local, remote):
+        validate_result(document)
 
 
 def test_bench_refuses_an_artifact_that_is_not_deployed(profile: TargetProfile, artifact: Path) -> None:
@@ -200,14 +230,8 @@ def test_clean_removes_other_artifacts_from_the_target(profile: TargetProfile, a
 
 def test_cli_deploy_prints_one_error_and_hint_for_an_unknown_host_key(loopback_sshd: LoopbackSSHD, tmp_path: Path,
                                                                       artifact: Path) -> None:
-    profile_file = tmp_path / "target.toml"
-    profile_file.write_text(
-        f'name = "loopback"\n[connection]\nhost = "{LOOPBACK}"\nport = {loopback_sshd.port}\nuser = "root"\n'
-        f'identity_file = "{loopback_sshd.client_key}"\nknown_hosts = "{tmp_path / "empty_known_hosts"}"\n'
-        f'ssh_config = ""\nuse_agent = false\n[target]\narch = "x86_64"\npython = "{sys.executable}"\n'
-        f'workdir = "{tmp_path / "work"}"\nmin_free_mb = 0\n')
-    command = [str(Path(sys.executable).with_name("toolchain")), "deploy", "--target", str(profile_file),
-               "--artifact", str(artifact), "--json"]
+    target = profile_file(loopback_sshd, tmp_path, "loopback", tmp_path / "empty_known_hosts", platform.machine())
+    command = [TOOLCHAIN, "deploy", "--target", str(target), "--artifact", str(artifact), "--json"]
     refused = subprocess.run(command, capture_output=True, text=True)
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 1 and refused.stdout == ""
@@ -220,19 +244,38 @@ def test_cli_deploy_prints_one_error_and_hint_for_an_unknown_host_key(loopback_s
 
 def test_cli_target_check_shows_the_preflight_and_fails_on_a_wrong_architecture(loopback_sshd: LoopbackSSHD,
                                                                                  tmp_path: Path) -> None:
-    profile_file = tmp_path / "target.toml"
-    profile_file.write_text(
-        f'name = "lab"\n[connection]\nhost = "{LOOPBACK}"\nport = {loopback_sshd.port}\nuser = "root"\n'
-        f'identity_file = "{loopback_sshd.client_key}"\nknown_hosts = "{loopback_sshd.known_hosts(tmp_path)}"\n'
-        f'ssh_config = ""\nuse_agent = false\n[target]\narch = "aarch64"\npython = "{sys.executable}"\n'
-        f'workdir = "{tmp_path / "work"}"\n')
-    command = [str(Path(sys.executable).with_name("toolchain")), "target", "check", "--target", str(profile_file)]
+    target = profile_file(loopback_sshd, tmp_path, "lab", loopback_sshd.known_hosts(tmp_path), "aarch64")
+    command = [TOOLCHAIN, "target", "check", "--target", str(target)]
     wrong = subprocess.run(command + ["--json"], capture_output=True, text=True)
     checks = {item["name"]: item for item in json.loads(wrong.stdout)["checks"]}
     assert wrong.returncode == 1 and checks["arch"]["status"] == "fail" and checks["disk"]["status"] == "ok"
     assert checks["python"]["value"].startswith(f"{sys.version_info[0]}.{sys.version_info[1]}.")
-    fixed = profile_file.read_text().replace('arch = "aarch64"', f'arch = "{checks["arch"]["value"]}"')
-    profile_file.write_text(fixed)
+    target.write_text(target.read_text().replace('arch = "aarch64"', f'arch = "{checks["arch"]["value"]}"'))
     table = subprocess.run(command, capture_output=True, text=True)
     assert table.returncode == 0 and "preflight: target lab" in table.stdout and "onnxruntime" in table.stdout
     assert not (tmp_path / "work").exists()
+
+
+def test_target_bench_makes_a_missing_artifact_then_deploys_benches_and_stores_one_summary(
+        loopback_sshd: LoopbackSSHD, tmp_path: Path, tiny_hps_checkpoint: Path) -> None:
+    store = tmp_path / "artifacts"
+    trained = store / "train" / "hps-06-0.25x" / "fashion-mnist" / "run"
+    shutil.copytree(tiny_hps_checkpoint.parent, trained)  # what `toolchain train` leaves there
+    target = profile_file(loopback_sshd, tmp_path, "lab", loopback_sshd.known_hosts(tmp_path), platform.machine())
+    outcome = subprocess.run([TOOLCHAIN, "target", "bench", "hps-06-0.25x", "--target", str(target), "--artifacts",
+                              str(store), "--threads", "1", "--warmup", "1", "--runs", "3", "--json"],
+                             capture_output=True, text=True)
+    assert outcome.returncode == 0, outcome.stderr
+    assert "no artifact under" in outcome.stderr and "toolchain export --model hps-06-0.25x" in outcome.stderr
+    summary = json.loads(outcome.stdout)
+    stored = Path(summary.pop("stored"))
+    assert stored.parent == store / "bench-remote" and stored.name.startswith("lab-")
+    assert json.loads(stored.read_text()) == summary and summary["schema"] == SUMMARY_SCHEMA
+    assert summary["target"]["emulated"] is False and summary["failed"] == []
+    [made] = summary["models"]
+    assert made["exported_now"] and made["deploy"]["bytes_sent"] > 0
+    assert Path(made["folder"]).parent == store / "hps-06-0.25x"
+    assert [(row["variant"], row["threads"]) for row in summary["rows"]] == [("fp32", 1), ("int8", 1)]
+    assert all(row["agreement_pct"] == 100.0 and row["top1_target"] == pytest.approx(row["top1_host"])
+               for row in summary["rows"])
+    validate_result(json.loads(Path(made["result"]).read_text()))

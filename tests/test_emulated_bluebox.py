@@ -1,9 +1,10 @@
 """Target tests on the emulated aarch64 Bluebox (Debian 12 arm64 under qemu-user, sshd in a netns).
 
-The host provisions onnxruntime for aarch64 (the target has no internet and no onnxruntime), deploys,
-benches FP32 and INT8 on the target and checks the target's answers against the host's; once with the
-newest runtime that fits, once with the Bluebox pin (onnxruntime 1.16.3 + numpy 1.26.4), and an
-artifact too new for that runtime is refused before upload. Timings here are qemu's: labeled emulated.
+The host provisions onnxruntime for aarch64 (the target has no internet and no onnxruntime), deploys
+artifacts the host pipeline made, benches FP32 and INT8 on the target and checks the target's answers
+against the host's; once with the newest runtime that fits, once with the Bluebox pin (onnxruntime
+1.16.3 + numpy 1.26.4), and an artifact too new for that runtime is refused before upload. Timings
+here are qemu's: labeled emulated.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from packaging.version import Version
 
 from tests.fixtures.deploy import DeployArtifacts, artifact_copy
 from tests.fixtures.emulated import EmulatedTarget, emulation_prerequisites
+from toolchain.artifacts import read_manifest
+from toolchain.benchmark import BenchRun, validate_result
 from toolchain.cli.deploy import show_remote_bench
 from toolchain.errors import TargetIncompatibleError
-from toolchain.remote.bench import AGREEMENT_THRESHOLD_PCT, RemoteBenchResult, bench_remote
-from toolchain.remote.deploy import deploy
+from toolchain.remote.bench import AGREEMENT_THRESHOLD_PCT, bench_remote
+from toolchain.remote.deploy import artifact_stamp, deploy, load_artifact
 from toolchain.remote.emulated import USER, EmulatedBluebox
 from toolchain.remote.session import TargetSession
 from toolchain.remote.target import TargetProfile, open_transport
@@ -37,12 +40,14 @@ def snapshot(folder: Path) -> dict[str, int]:
     return {str(path): path.stat().st_mtime_ns for path in folder.rglob("*")} if folder.exists() else {}
 
 
-def check_agreement(result: RemoteBenchResult) -> None:
+def check_agreement(result: BenchRun, artifact: Path) -> None:
     """The target's answers are the host's, so its accuracy is the host's within the disagreement."""
     assert {item.variant for item in result.agreements} == {"fp32", "int8"}
+    host = read_manifest(artifact)["accuracy"]
+    target = {entry["variant"]: entry["accuracy"]["top1"] for entry in result.document["results"]}
     for item in result.agreements:
         assert item.agreement_pct >= AGREEMENT_THRESHOLD_PCT, item
-        assert abs(item.target_top1 - item.host_top1) <= 100.0 - item.agreement_pct + 1e-9, item
+        assert abs(target[item.variant] - host[item.variant]["top1"]) <= 100.0 - item.agreement_pct + 1e-9, item
 
 
 def test_emulated_target_reports_an_aarch64_cortex_a72_without_onnxruntime(emulated_bluebox: EmulatedTarget) -> None:
@@ -66,10 +71,10 @@ def test_deploy_provisions_aarch64_onnxruntime_and_the_bench_agrees_with_the_hos
     assert report.emulated and report.bytes_sent > 0
 
     result = bench_remote(profile, artifact)
-    stored = json.loads(result.path.read_text())
+    stored = validate_result(json.loads(result.path.read_text()))
     assert stored["target"]["emulated"] is True and stored["remote"]["emulated"] is True
     assert stored["target"]["arch"] == "aarch64" and stored["target"]["onnxruntime"] == runtime.onnxruntime
-    check_agreement(result)
+    check_agreement(result, artifact)
     show_remote_bench(result)
     assert "EMULATED" in capsys.readouterr().out
 
@@ -80,12 +85,14 @@ def test_the_bluebox_runtime_pin_onnxruntime_1_16_3_with_numpy_1_26_4_runs_an_ar
         emulated_bluebox: EmulatedTarget, deploy_artifacts: DeployArtifacts, tmp_path: Path) -> None:
     profile = emulated_bluebox.profile.with_overrides(onnxruntime="1.16.3", numpy="1.26.4")
     artifact = artifact_copy(deploy_artifacts.loadable_by_1_16, tmp_path)
+    # the pipeline's INT8 model imports only the domains its nodes use (no com.microsoft.nchwc & co.)
+    assert set(artifact_stamp(load_artifact(artifact))[1]) == {"", "com.microsoft"}
     report = deploy(profile, artifact)
     assert report.runtime is not None and (report.runtime.onnxruntime, report.runtime.numpy) == ("1.16.3", "1.26.4")
-    assert report.checks[-1].status == "ok" and "opset 17" in report.checks[-1].value
+    assert report.checks[-1].status == "ok" and report.checks[-1].value == "opset 17, IR 8"
     result = bench_remote(profile, artifact)
     assert (result.document["target"]["onnxruntime"], result.document["target"]["numpy"]) == ("1.16.3", "1.26.4")
-    check_agreement(result)
+    check_agreement(result, artifact)
 
 
 def test_an_artifact_too_new_for_the_targets_runtime_is_refused_before_upload(
@@ -96,9 +103,11 @@ def test_an_artifact_too_new_for_the_targets_runtime_is_refused_before_upload(
     before = snapshot(remote)  # the newest runtime may have received this artifact in an earlier test
     with pytest.raises(TargetIncompatibleError) as caught:
         deploy(profile, artifact)
-    assert "onnxruntime 1.16.3 cannot load it" in caught.value.message
-    assert "IR version" in caught.value.message or "opset" in caught.value.message
-    assert f"toolchain export --model {artifact.parent.name} --opset 19" in (caught.value.hint or "")
+    assert "opset 18, IR 10" in caught.value.message and "onnxruntime 1.16.3 cannot load it" in caught.value.message
+    assert "IR version" in caught.value.message
+    # opset 18 itself is fine for 1.16.3: the torchscript exporter writes it with IR 8
+    assert caught.value.hint == (f"export for this runtime: toolchain export --model {artifact.parent.name} "
+                                 "--opset 18 --exporter torchscript")
     assert snapshot(remote) == before
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
+from toolchain.benchmark import AGENT_PATH
 from toolchain.errors import DeployError
 from toolchain.hashing import sha256_file
-from toolchain.remote.deploy import AGENT_PATH
 from toolchain.remote.helper import UPLOAD_PREFIX, Refused, wheel_members
 from toolchain.remote.session import HELPER_PATH, HELPER_SOURCE, LocalFile, TargetSession
 from toolchain.remote.target import TargetProfile

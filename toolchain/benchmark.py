@@ -190,34 +190,53 @@ def result_path(artifact_dir: Path, target: str, when: datetime) -> Path:
     return artifact_dir / BENCH_DIR / f"{target}-{when.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}.json"
 
 
+class AgentStderr:
+    """The agent's stderr, line by line as it arrives (locally or over SSH): PROGRESS events go to the
+    callback, ERROR lines are kept for the failure message, anything else is kept as other output."""
+
+    def __init__(self, on_progress: ProgressCallback) -> None:
+        self.on_progress = on_progress
+        self.errors: list[dict] = []
+        self.other: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        line = line.rstrip("\n")
+        if line.startswith(_PROGRESS):
+            try:
+                self.on_progress(json.loads(line[len(_PROGRESS):]))
+            except ValueError:
+                self.other.append(line)
+        elif line.startswith(_ERROR):
+            try:
+                self.errors.append(json.loads(line[len(_ERROR):]))
+            except ValueError:
+                self.errors.append({"message": line[len(_ERROR):]})
+        elif line.strip():
+            self.other.append(line)
+
+    @property
+    def error_message(self) -> str | None:
+        """The agent's own last ERROR message, if it reported one."""
+        return self.errors[-1].get("message", "") if self.errors else None
+
+
 def run_agent(command: list[str], on_progress: ProgressCallback, timeout: float | None = None) -> None:
     """Run the agent in a local subprocess, streaming its PROGRESS lines; ERROR lines become BenchmarkError."""
-    errors: list[dict] = []
-    other: list[str] = []
+    lines = AgentStderr(on_progress)
     with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True) as process:
         assert process.stderr is not None
         for line in process.stderr:
-            line = line.rstrip("\n")
-            if line.startswith(_PROGRESS):
-                try:
-                    on_progress(json.loads(line[len(_PROGRESS):]))
-                except ValueError:
-                    other.append(line)
-            elif line.startswith(_ERROR):
-                try:
-                    errors.append(json.loads(line[len(_ERROR):]))
-                except ValueError:
-                    errors.append({"message": line[len(_ERROR):]})
-            elif line.strip():
-                other.append(line)
+            lines(line)
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             raise BenchmarkError(f"the benchmark agent ran past {timeout:g} s", "lower --runs or --min-time") from None
     if code != 0:
-        detail = errors[-1].get("message", "") if errors else (other[-1] if other else f"exit status {code}")
+        detail = lines.error_message
+        if detail is None:
+            detail = lines.other[-1] if lines.other else f"exit status {code}"
         raise BenchmarkError(f"the benchmark agent failed: {detail}", "nothing was stored; fix the cause and rerun")
 
 

@@ -17,6 +17,8 @@ from toolchain.cli.options import DEFAULT_ARTIFACTS, ArtifactsOption, HostOption
 from toolchain.cli.output import emit_json, info, progress, table
 
 LOCAL = "local"
+# local runs; a target's defaults are its profile's [bench] table
+LOCAL_DEFAULTS = {"threads": "1,2", "batch": 1, "warmup": 20, "runs": 200}
 
 BenchTargetOption = Annotated[str, typer.Option(
     "--target", "-t", help="Where to measure: 'local' (this machine, default) or a target profile "
@@ -42,12 +44,15 @@ def bench(
     artifacts: ArtifactsOption = DEFAULT_ARTIFACTS,
     target: BenchTargetOption = LOCAL,
     host: HostOption = None,
-    threads: Annotated[str, typer.Option("--threads", help="Intra-op thread counts, e.g. 1,2.")] = "1,2",
-    batch: Annotated[int, typer.Option("--batch", help="Images per run.", min=1)] = 1,
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs first.", min=0)] = 20,
-    runs: Annotated[int, typer.Option("--runs", help="Timed runs (at least).", min=1)] = 200,
-    min_time: Annotated[float, typer.Option(
-        "--min-time", help="Keep timing until this many seconds of runs (0: just --runs).", min=0)] = 0.0,
+    threads: Annotated[Optional[str], typer.Option(
+        "--threads", help="Intra-op thread counts, e.g. 1,2 (default: 1,2 locally, the profile's on a target).")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="Images per run (default 1).", min=1)] = None,
+    warmup: Annotated[Optional[int], typer.Option(
+        "--warmup", help="Untimed runs first (default: 20 locally, the profile's on a target).", min=0)] = None,
+    runs: Annotated[Optional[int], typer.Option(
+        "--runs", help="Timed runs, at least (default: 200 locally, the profile's on a target).", min=1)] = None,
+    min_time: Annotated[Optional[float], typer.Option(
+        "--min-time", help="Keep timing until this many seconds of runs (default 0: just --runs).", min=0)] = None,
     json_output: JsonOption = False,
 ) -> None:
     """p50/p90/p99 latency, throughput, peak RSS and eval accuracy of FP32 and INT8, side by side."""
@@ -57,16 +62,18 @@ def bench(
         from toolchain.cli.deploy import remote_bench
 
         remote_bench(artifact, model, artifacts, None if target == LOCAL else target, host, threads=threads,
-                     warmup=warmup, runs=runs, batch=batch, json_output=json_output)
+                     warmup=warmup, runs=runs, batch=batch, min_time=min_time, json_output=json_output)
         return
     from toolchain.benchmark import bench_local
     from toolchain.report import bench_notes, bench_table
 
     folder = _artifact_folder(artifact, model, artifacts)
-    settings = BenchSettings(threads=parse_threads(threads), batch=batch, warmup=warmup, runs=runs,
-                             min_time_s=min_time)
-    info(f"benchmarking {folder} on this machine (local): threads {threads}, batch {batch}, "
-         f"{warmup} warm-up + {runs} timed runs per model")
+    settings = BenchSettings(threads=parse_threads(threads or LOCAL_DEFAULTS["threads"]),
+                             batch=batch or LOCAL_DEFAULTS["batch"],
+                             warmup=LOCAL_DEFAULTS["warmup"] if warmup is None else warmup,
+                             runs=runs or LOCAL_DEFAULTS["runs"], min_time_s=min_time or 0.0)
+    info(f"benchmarking {folder} on this machine (local): threads {','.join(map(str, settings.threads))}, "
+         f"batch {settings.batch}, {settings.warmup} warm-up + {settings.runs} timed runs per model")
     with progress() as bar:
         task = bar.add_task("agent", total=None, status="")
 

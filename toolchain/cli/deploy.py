@@ -1,4 +1,4 @@
-"""`toolchain deploy`, `toolchain target check|emulated`, and the remote half of `toolchain bench --host`.
+"""`toolchain deploy`, `toolchain target check|bench|emulated`, and the remote half of `toolchain bench --host`.
 
 paramiko, onnx and numpy are imported inside the commands (through toolchain.remote), so
 `toolchain --help` stays fast.
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import shlex
 import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
 
@@ -17,10 +19,12 @@ from toolchain.cli.options import (DEFAULT_ARTIFACTS, AcceptNewHostKeyOption, Ar
                                    IdentityFileOption, JsonOption, KnownHostsOption, OptionalModelOption,
                                    PortOption, TargetOption, UserOption)
 from toolchain.cli.output import emit_json, info, progress, table, warn
-from toolchain.errors import HostKeyUnknownError, ToolchainError, UsageError
+from toolchain.errors import (ArtifactError, BenchmarkError, HostKeyUnknownError, ToolchainError, TransportError,
+                              UsageError)
 
 if TYPE_CHECKING:
-    from toolchain.remote.bench import RemoteBenchResult
+    from toolchain.artifacts import ArtifactStore
+    from toolchain.benchmark import BenchRun, ProgressCallback
     from toolchain.remote.emulated import EmulatedBluebox
     from toolchain.remote.preflight import Check
     from toolchain.remote.target import TargetProfile
@@ -35,6 +39,12 @@ NumpyOption = Annotated[Optional[str], typer.Option(
     "--numpy", help="numpy version for the target, or 'newest' (overrides the profile).")]
 WheelsOption = Annotated[Optional[Path], typer.Option(
     "--wheels", help="Folder of .whl files to provision from, without contacting the package index.")]
+BenchThreadsOption = Annotated[Optional[str], typer.Option(
+    "--threads", help="Intra-op thread counts, e.g. 1,2,4 (default: the profile's bench threads).")]
+BenchWarmupOption = Annotated[Optional[int], typer.Option(
+    "--warmup", help="Untimed runs first (default: the profile's).", min=0)]
+BenchRunsOption = Annotated[Optional[int], typer.Option(
+    "--runs", help="Timed runs, at least (default: the profile's).", min=1)]
 
 target_app = typer.Typer(no_args_is_help=True, help="Target profiles: check a target, run the emulated Bluebox.")
 emulated_app = typer.Typer(no_args_is_help=True,
@@ -75,12 +85,12 @@ def show_checks(profile: "TargetProfile", checks: list["Check"]) -> None:
 
 
 def _artifact_dir(artifact: Path | None, model: str | None, artifacts: Path) -> Path:
-    from toolchain.remote.deploy import find_artifact
+    from toolchain.artifacts import ArtifactStore
 
     if (artifact is None) == (model is None):
         raise UsageError("pass exactly one of --artifact PATH and --model NAME",
                          "e.g. toolchain deploy --model hps-06-0.5x --host 10.234.224.16")
-    return artifact if artifact is not None else find_artifact(artifacts, model or "")
+    return artifact if artifact is not None else ArtifactStore(artifacts).latest(model or "")
 
 
 class _UploadBar:
@@ -161,74 +171,68 @@ def deploy(
 # --- remote bench (called by `toolchain bench --host/--target`) --------------------------------
 
 
-def show_remote_bench(result: "RemoteBenchResult") -> None:
-    """The remote bench table: latency percentiles, throughput, accuracy and agreement per run."""
-    document = result.document
-    facts = document["target"]
-    emulated = bool(facts.get("emulated"))
-    label = " (EMULATED)" if emulated else ""
-    agreement = {(item.variant, item.threads, item.batch): item for item in result.agreements}
-    rows = []
-    for entry in document["results"]:
-        latency = entry["latency_ms"]
-        match = agreement[(entry["variant"], int(entry["threads"]), int(entry["batch"]))]
-        rows.append((entry["variant"], entry["threads"], entry["batch"], f"{latency['p50']:.3f}",
-                     f"{latency['p90']:.3f}", f"{latency['p99']:.3f}", f"{entry['throughput_ips']:.1f}",
-                     f"{entry['accuracy']['top1']:.2f}", f"{match.host_top1:.2f}", f"{match.agreement_pct:.2f}",
-                     f"{entry['model_bytes'] / 1024:.0f}"))
-    remote = document["remote"]
-    table(f"{remote['model']} {remote['artifact_id']} on {facts.get('hostname')} ({facts.get('arch')}, "
-          f"{facts.get('cpu_model')} x {facts.get('cores')}, onnxruntime {facts.get('onnxruntime')})"
-          + (" -- EMULATED: latency is qemu's, not the Bluebox's" if emulated else ""),
-          ["variant", "threads", "batch", f"p50 ms{label}", f"p90 ms{label}", f"p99 ms{label}", f"img/s{label}",
-           "top-1 % target", "top-1 % host", "agreement %", "KiB"], rows,
-          right_align=["threads", "batch", f"p50 ms{label}", f"p90 ms{label}", f"p99 ms{label}", f"img/s{label}",
-                       "top-1 % target", "top-1 % host", "agreement %", "KiB"])
-
-
-def remote_bench(artifact: Path | None, model: str | None, artifacts: Path, target: str | None, host: str | None,
-                 *, threads: str | None = None, warmup: int | None = None, runs: int | None = None,
-                 batch: int | None = None, accept_new_host_key: bool = False,
-                 json_output: bool = False) -> "RemoteBenchResult":
-    """Run the benchmark agent on a target against a deployed artifact, print and return the result."""
-    from toolchain.remote.bench import AGREEMENT_THRESHOLD_PCT, RemoteBenchSettings, bench_remote
-
-    folder = _artifact_dir(artifact, model, artifacts)
-    profile = resolve_target(target, host)
-    thread_counts = _parse_threads(threads) if threads else None
-    settings = RemoteBenchSettings.from_profile(profile, threads=thread_counts, warmup=warmup, runs=runs, batch=batch)
+@contextmanager
+def _agent_progress() -> Iterator["ProgressCallback"]:
+    """A progress bar fed by the agent's PROGRESS events; yields the callback."""
     with progress() as bar:
         task = bar.add_task("agent", total=None, status="")
 
         def on_progress(event: dict) -> None:
-            bar.update(task, description=f"{event.get('variant', '')} threads {event.get('threads', '')}",
+            bar.update(task, description=f"{event.get('variant', '')} {event.get('threads', '')} thread(s)",
                        completed=event.get("done"), total=event.get("total"), status=event.get("phase", ""))
 
-        try:
-            result = bench_remote(profile, folder, settings, accept_new_host_key=accept_new_host_key,
-                                  on_message=info, on_progress=on_progress)
-        except HostKeyUnknownError as error:
-            raise _with_accept_hint(error) from None
-    if json_output:
-        emit_json({**result.document, "stored": str(result.path)})
-    else:
-        show_remote_bench(result)
-        info(f"stored {result.path}")
-    for item in result.agreements:
+        yield on_progress
+
+
+def show_remote_bench(run: "BenchRun") -> None:
+    """A remote result as the table `toolchain bench --target local` shows (labeled EMULATED where it is)."""
+    from toolchain.report import bench_notes, bench_table
+
+    summary = bench_table(run.document, run.agreements)
+    measured = run.document["artifact"]
+    table(f"{measured['model']} {measured['artifact_id']} {summary.title}", summary.columns, summary.rows,
+          right_align=summary.right_align)
+    for line in bench_notes(run.document):
+        info(line)
+
+
+def _warn_disagreement(run: "BenchRun") -> None:
+    from toolchain.remote.bench import AGREEMENT_THRESHOLD_PCT
+
+    for item in run.agreements:
         if item.agreement_pct < AGREEMENT_THRESHOLD_PCT:
             warn(f"{item.variant} threads {item.threads}: the target agrees with the host on only "
                  f"{item.agreement_pct:.2f}% of top-1 answers (threshold {AGREEMENT_THRESHOLD_PCT:g}%)")
-    return result
 
 
-def _parse_threads(text: str) -> tuple[int, ...]:
+def remote_bench(artifact: Path | None, model: str | None, artifacts: Path, target: str | None, host: str | None,
+                 *, threads: str | None = None, warmup: int | None = None, runs: int | None = None,
+                 batch: int | None = None, min_time: float | None = None, accept_new_host_key: bool = False,
+                 json_output: bool = False) -> "BenchRun":
+    """Run the benchmark agent on a target against a deployed artifact, print and return the result.
+
+    A setting left None is the profile's [bench] default.
+    """
+    from toolchain.benchmark import parse_threads
+    from toolchain.remote.bench import bench_remote, bench_settings
+
+    folder = _artifact_dir(artifact, model, artifacts)
+    profile = resolve_target(target, host)
+    settings = bench_settings(profile, parse_threads(threads) if threads else None, batch=batch, warmup=warmup,
+                              runs=runs, min_time=min_time)
     try:
-        counts = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        counts = ()
-    if not counts or min(counts) < 1:
-        raise UsageError(f"--threads must be comma-separated positive integers, got {text!r}", "e.g. --threads 1,2,4")
-    return counts
+        with _agent_progress() as on_progress:
+            run = bench_remote(profile, folder, settings, accept_new_host_key=accept_new_host_key,
+                               on_message=info, on_progress=on_progress)
+    except HostKeyUnknownError as error:
+        raise _with_accept_hint(error) from None
+    if json_output:
+        emit_json({**run.document, "stored": str(run.path)})
+    else:
+        show_remote_bench(run)
+        info(f"stored {run.path}")
+    _warn_disagreement(run)
+    return run
 
 
 # --- toolchain target ... ----------------------------------------------------------------------
@@ -277,6 +281,53 @@ def table4_models() -> list[str]:
                    for row in spec.paper_results)]
 
 
+def _newest_artifact(store: "ArtifactStore", model: str) -> tuple[str, Path | None]:
+    """The model's name in the store and its newest artifact there (None: there is none yet).
+
+    A name with no folder is looked up under its registry spelling; a name the registry does not know
+    fails here, before any work.
+    """
+    from toolchain.models import resolve
+
+    try:
+        return model, store.latest(model)
+    except ArtifactError:
+        name = resolve(model).name
+    try:
+        return name, store.latest(name)
+    except ArtifactError:
+        return name, None
+
+
+def _artifact_or_export(folder: Path | None, model: str, artifacts: Path, json_output: bool) -> tuple[Path, bool]:
+    """The model's newest artifact, or one the host pipeline makes now (as `toolchain export --model` would)."""
+    from toolchain.cli.pipeline import export_with_progress, show_result
+    from toolchain.pipeline import ExportRequest
+
+    if folder is not None:
+        return folder, False
+    info(f"{model}: no artifact under {artifacts}: running the host pipeline first "
+         f"(toolchain export --model {model}, with its defaults)")
+    result = export_with_progress(ExportRequest(model=model, artifacts=artifacts))
+    if json_output:
+        info(f"artifact: {result.folder}")
+    else:
+        show_result(result, json_output=False)
+    return result.folder, True
+
+
+def _show_summary(profile: "TargetProfile", rows: list[dict]) -> None:
+    label = " EMULATED" if profile.emulated else ""
+    columns = ["model", "variant", "threads", f"p50 ms{label}", f"p90 ms{label}", f"img/s{label}",
+               "top-1 % target", "top-1 % host", "agree %", "KiB"]
+    table(_title(profile, "summary"), columns,
+          [(row["model"], row["variant"], row["threads"], f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}",
+            f"{row['throughput_ips']:.1f}", f"{row['top1_target']:.2f}",
+            "-" if row["top1_host"] is None else f"{row['top1_host']:.2f}",
+            "-" if row["agreement_pct"] is None else f"{row['agreement_pct']:.2f}", f"{row['model_bytes'] / 1024:.0f}")
+           for row in rows], right_align=columns[2:])
+
+
 @target_app.command("bench")
 def bench_models(
     models: Annotated[Optional[list[str]], typer.Argument(
@@ -284,42 +335,64 @@ def bench_models(
     artifacts: ArtifactsOption = DEFAULT_ARTIFACTS,
     target: TargetOption = None,
     host: HostOption = None,
+    threads: BenchThreadsOption = None,
+    warmup: BenchWarmupOption = None,
+    runs: BenchRunsOption = None,
     accept_new_host_key: AcceptNewHostKeyOption = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Deploy and bench the newest artifact of each model on the target; one summary table at the end."""
-    from toolchain.remote.deploy import deploy as run_deploy
-    from toolchain.remote.deploy import find_artifact
-    from toolchain.remote.bench import bench_remote
+    """Deploy and bench each model's newest artifact on the target (made first where there is none); one summary.
 
-    names = models or table4_models()
-    folders = {name: find_artifact(artifacts, name) for name in names}
+    The summary is also stored as artifacts/bench-remote/<target>-<UTC time>.json.
+    """
+    from toolchain.artifacts import ArtifactStore
+    from toolchain.benchmark import parse_threads
+    from toolchain.fsutil import atomic_write_json
+    from toolchain.remote.bench import (ModelBench, ModelFailure, bench_remote, bench_settings, summary_document,
+                                        summary_path)
+    from toolchain.remote.deploy import deploy as run_deploy
+
     profile = resolve_target(target, host)
-    results = []
-    for name, folder in folders.items():
-        info(f"== {name} ({folder.name}) on {profile.address}")
+    settings = bench_settings(profile, parse_threads(threads) if threads else None, warmup=warmup, runs=runs)
+    store = ArtifactStore(artifacts)
+    planned = dict(_newest_artifact(store, model) for model in models or table4_models())
+    started = datetime.now(timezone.utc)
+    benches: list[ModelBench] = []
+    failures: list[ModelFailure] = []
+    for name, found in planned.items():
+        info(f"== {name} on {profile.address}" + (" (EMULATED)" if profile.emulated else ""))
         try:
-            report = run_deploy(profile, folder, accept_new_host_key=accept_new_host_key, on_message=info)
+            folder, exported = _artifact_or_export(found, name, artifacts, json_output)
+            with _UploadBar() as bar:
+                report = run_deploy(profile, folder, accept_new_host_key=accept_new_host_key, on_message=info,
+                                    on_progress=bar)
+            info(f"deployed {report.artifact_id}: {report.bytes_sent:,} bytes sent in {report.seconds:.1f} s")
+            with _agent_progress() as on_progress:
+                run = bench_remote(profile, folder, settings, on_message=info, on_progress=on_progress)
         except HostKeyUnknownError as error:
             raise _with_accept_hint(error) from None
-        info(f"deployed: {report.bytes_sent:,} bytes sent, onnxruntime {report.runtime.onnxruntime if report.runtime else '?'}")
-        results.append(bench_remote(profile, folder, on_message=info))
+        except TransportError:
+            raise  # the target is unreachable: the next models would fail the same way
+        except ToolchainError as error:
+            warn(f"{name}: {error.message}" + (f" ({error.hint})" if error.hint else ""))
+            failures.append(ModelFailure(name, error.message, error.hint or ""))
+            continue
+        benches.append(ModelBench(name, folder, exported, report, run))
         if not json_output:
-            show_remote_bench(results[-1])
+            show_remote_bench(run)
+        _warn_disagreement(run)
+    summary = summary_document(profile, settings, benches, failures, started)
+    stored = summary_path(artifacts, profile, started)
+    atomic_write_json(stored, summary)
     if json_output:
-        emit_json([{**result.document, "stored": str(result.path)} for result in results])
-        return
-    label = " (EMULATED)" if profile.emulated else ""
-    rows = []
-    for result in results:
-        remote = result.document["remote"]
-        for entry, match in zip(result.document["results"], result.agreements):
-            rows.append((remote["model"], entry["variant"], entry["threads"], f"{entry['latency_ms']['p50']:.3f}",
-                         f"{entry['accuracy']['top1']:.2f}", f"{match.host_top1:.2f}", f"{match.agreement_pct:.2f}",
-                         f"{entry['model_bytes'] / 1e6:.3f}"))
-    table(_title(profile, "summary"), ["model", "variant", "threads", f"p50 ms{label}", "top-1 % target",
-                                       "top-1 % host", "agreement %", "MB"], rows,
-          right_align=["threads", f"p50 ms{label}", "top-1 % target", "top-1 % host", "agreement %", "MB"])
+        emit_json({**summary, "stored": str(stored)})
+    else:
+        _show_summary(profile, summary["rows"])
+        info(f"stored {stored}")
+    if failures:
+        raise BenchmarkError(f"{len(failures)} of {len(planned)} model(s) failed on {profile.address}: "
+                             + ", ".join(failure.model for failure in failures),
+                             f"the warnings above say why; the others' results are in {stored}")
 
 
 def _emulated(target: str | None) -> "EmulatedBluebox":

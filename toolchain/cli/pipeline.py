@@ -106,10 +106,11 @@ def export(
         quant=_quant_settings(method, quant_format, per_channel, activation_type, reduce_range, exclude_nodes,
                               max_drop, max_kept_float),
         calibration=calibration, eval_count=eval_count, train_if_missing=train)
-    show_result(_run_export(request), json_output)
+    show_result(export_with_progress(request), json_output)
 
 
-def _run_export(request: "ExportRequest") -> "PipelineResult":
+def export_with_progress(request: "ExportRequest") -> "PipelineResult":
+    """Run the host pipeline with a live progress line (brief training included) and its messages on stderr."""
     from toolchain.pipeline import run_export
 
     with progress() as bar:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from toolchain.artifacts import ARTIFACT_FILES, FP32_NAME, ID_LENGTH, INT8_NAME, MANIFEST_NAME, read_manifest
+from toolchain.benchmark import AGENT_PATH
 from toolchain.errors import ArtifactError, TargetIncompatibleError, ToolchainError
 from toolchain.hashing import sha256_file
 from toolchain.remote.preflight import FAIL, OK, Check, preflight_checks, require_passed
@@ -29,13 +31,10 @@ from toolchain.remote.provision import Runtime, WheelIndex, existing_runtime, pr
 from toolchain.remote.session import LocalFile, TargetSession, UploadProgress, UploadResult
 from toolchain.remote.target import TargetProfile, open_transport
 
-MANIFEST = "manifest.json"
-MANIFEST_SCHEMA = "toolchain.manifest/1"
 RECEIPT = "deploy.json"
-AGENT_NAME = "bench_agent.py"
-AGENT_PATH = Path(__file__).resolve().parent / "agent" / AGENT_NAME
-MODEL_FILES = ("model.fp32.onnx", "model.int8.onnx")
-_ARTIFACT_ID = re.compile(r"^[0-9a-f]{16}$")
+AGENT_NAME = AGENT_PATH.name
+MODEL_FILES = (FP32_NAME, INT8_NAME)
+_ARTIFACT_ID = re.compile(rf"^[0-9a-f]{{{ID_LENGTH}}}$")
 # the oldest opset onnxruntime supports at all
 _MIN_OPSET = 7
 
@@ -60,55 +59,34 @@ class Artifact:
 
 def load_artifact(directory: Path) -> Artifact:
     """Read an artifact folder's manifest and check every listed file against its recorded sha256."""
-    directory = directory.parent if directory.name == MANIFEST else directory
-    path = directory / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except OSError:
-        raise ArtifactError(f"{directory} is not an artifact folder (no {MANIFEST})",
-                            "pass --artifact with a folder made by `toolchain pipeline`, or --model NAME") from None
-    except ValueError as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}", "re-create the artifact") from None
-    if manifest.get("schema") != MANIFEST_SCHEMA:
-        raise ArtifactError(f"{path} has schema {manifest.get('schema')!r}, expected {MANIFEST_SCHEMA!r}",
-                            "re-create the artifact with this version of toolchain")
+    directory = directory.parent if directory.name == MANIFEST_NAME else directory
+    manifest = read_manifest(directory)
+    path = directory / MANIFEST_NAME
     artifact_id = str(manifest.get("artifact_id", ""))
     if not _ARTIFACT_ID.match(artifact_id):
-        raise ArtifactError(f"{path}: artifact_id {artifact_id!r} is not 16 hex characters",
-                            "re-create the artifact")
+        raise ArtifactError(f"{path}: artifact_id {artifact_id!r} is not {ID_LENGTH} hex characters",
+                            "re-create the artifact (toolchain export)")
     listed = manifest.get("files") or {}
-    missing = [name for name in (*MODEL_FILES, "evalset.npz") if name not in listed]
+    missing = [name for name in ARTIFACT_FILES if name not in listed]
     if missing:
-        raise ArtifactError(f"{path} lists no {', '.join(missing)}", "re-create the artifact (`toolchain pipeline`)")
+        raise ArtifactError(f"{path} lists no {', '.join(missing)}", "re-create the artifact (toolchain export)")
     files = []
     for name, entry in sorted(listed.items()):
         file_path = directory / name
         if "/" in name or not file_path.is_file():
-            raise ArtifactError(f"artifact file {file_path} is missing", "re-create the artifact")
+            raise ArtifactError(f"artifact file {file_path} is missing", "re-create the artifact (toolchain export)")
         digest = sha256_file(file_path)
         if digest != entry.get("sha256"):
-            raise ArtifactError(f"{file_path} changed since the artifact was made (sha256 differs from {MANIFEST})",
-                                "re-create the artifact instead of editing its files")
+            raise ArtifactError(f"{file_path} changed since the artifact was made (sha256 differs from "
+                                f"{MANIFEST_NAME})", "re-create the artifact instead of editing its files")
         files.append(LocalFile(name, file_path, digest, file_path.stat().st_size))
-    files.append(LocalFile(MANIFEST, path, sha256_file(path), path.stat().st_size))
+    files.append(LocalFile(MANIFEST_NAME, path, sha256_file(path), path.stat().st_size))
     if not AGENT_PATH.is_file():
         raise ToolchainError(f"the benchmark agent {AGENT_PATH} is missing from this installation",
                              "reinstall toolchain (scripts/bootstrap)")
     files.append(LocalFile(AGENT_NAME, AGENT_PATH, sha256_file(AGENT_PATH), AGENT_PATH.stat().st_size))
     return Artifact(directory, artifact_id, str(manifest.get("model", directory.parent.name)), manifest,
                     tuple(files))
-
-
-def find_artifact(artifacts_root: Path, model: str) -> Path:
-    """The newest artifact folder of a model in the store (by manifest time)."""
-    from toolchain.models import resolve
-
-    name = resolve(model).name
-    manifests = sorted((artifacts_root / name).glob(f"*/{MANIFEST}"), key=lambda path: path.stat().st_mtime)
-    if not manifests:
-        raise ArtifactError(f"no artifact of {name} in {artifacts_root}",
-                            f"make one first: toolchain pipeline --model {name}, or pass --artifact PATH")
-    return manifests[-1].parent
 
 
 # --- does the target's runtime load this artifact? --------------------------------------------
@@ -156,15 +134,17 @@ def runtime_error_summary(text: str) -> str:
 def check_runtime_loads(session: TargetSession, runtime: Runtime, artifact: Artifact) -> Check:
     """Ask the target's onnxruntime whether it loads the artifact's IR version and opset (before upload).
 
-    Probe models carry exactly the artifact's stamps; when they fail, lower opsets are probed too, so
-    the refusal can name the `toolchain export --opset N` that this runtime does load.
+    Probe models carry exactly the artifact's stamps; when they fail, the artifact's opset and lower
+    ones are probed at the lowest IR version each allows, so the refusal can name the export that this
+    runtime does load: a lower --opset, or the torchscript exporter, which writes that lowest IR version
+    (the dynamo exporter writes IR 10; onnxruntime 1.16 reads IR 9 at most).
     """
     from onnx.helper import find_min_ir_version_for, make_opsetid
 
     ir_version, opsets = artifact_stamp(artifact)
     opset = opsets.get("", 0)
     probes = {"artifact": _probe_model(ir_version, opsets)}
-    for lower in range(opset - 1, _MIN_OPSET - 1, -1):
+    for lower in range(opset, _MIN_OPSET - 1, -1):
         probes[f"opset-{lower}"] = _probe_model(find_min_ir_version_for([make_opsetid("", lower)]), {"": lower})
     answer = session.helper("probe", stdin=json.dumps({"models": probes}).encode(), env=runtime.env(),
                             label=f"onnxruntime {runtime.onnxruntime} probe")
@@ -174,8 +154,15 @@ def check_runtime_loads(session: TargetSession, runtime: Runtime, artifact: Arti
         return Check("opset", value, OK, f"onnxruntime {answer['onnxruntime']} loads it")
     loadable = [int(name.split("-")[1]) for name, result in answer["results"].items()
                 if name.startswith("opset-") and result is None]
-    fix = (f"export for this runtime: toolchain export --model {artifact.model} --opset {max(loadable)}"
-           if loadable else "this onnxruntime loads no opset the exporter writes: provision a newer one")
+    dynamo = artifact.manifest.get("settings", {}).get("export", {}).get("exporter") == "dynamo"
+    foreign = artifact.manifest.get("hash_inputs", {}).get("kind") == "quantize"
+    if loadable and foreign:
+        fix = f"export the source model at opset {max(loadable)} or lower, then run `toolchain quantize` on it"
+    elif loadable and (max(loadable) < opset or dynamo):
+        fix = (f"export for this runtime: toolchain export --model {artifact.model} --opset {max(loadable)}"
+               + (" --exporter torchscript" if dynamo else ""))
+    else:
+        fix = "provision a newer onnxruntime on the target (--onnxruntime VERSION)"
     return Check("opset", value, FAIL,
                  f"onnxruntime {answer['onnxruntime']} cannot load it: {runtime_error_summary(error)}", fix)
 
@@ -264,7 +251,8 @@ def deploy(profile: TargetProfile, artifact_dir: Path, *, clean: bool = False, a
             report.checks.append(opset_check)
             on_checks(report.checks)
             if opset_check.status == FAIL:
-                raise TargetIncompatibleError(f"{transport.target}: {opset_check.note}", opset_check.hint)
+                raise TargetIncompatibleError(f"{transport.target}: artifact {opset_check.value}: {opset_check.note}",
+                                              opset_check.hint)
             report.remote_dir = session.remote_path(artifact.artifact_id)
             with tempfile.TemporaryDirectory(prefix="toolchain-deploy-") as folder:
                 files = [*artifact.files, _receipt(artifact, report.runtime, profile, Path(folder))]
