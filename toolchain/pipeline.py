@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import re
 import shutil
@@ -39,11 +40,13 @@ if TYPE_CHECKING:
     from toolchain.train import TrainProgress
 
 DEFAULT_DATASET = "fashion-mnist"
-# No checkpoint given or found: two short epochs (about 30 s on 2 cores; hps-06-0.5x reaches ~81 % on
+# No checkpoint given or found: two short epochs (30-40 s on 2 cores; hps-06-0.5x reaches ~81 % on
 # Fashion-MNIST). One epoch is not enough: without an lr decay the BatchNorm running statistics lag the
 # still-moving weights and eval-mode accuracy sits near 43 % (measured), which no quantizer can keep.
+# One core is left free: torch's intra-op threads on every core of a busy 2-core machine made this
+# training 10x slower (467 s vs 40 s with one thread, measured beside another CPU-bound job).
 QUICK_TRAIN = {"epochs": 2, "train_limit": 10_000, "eval_limit": 1_000, "batch_size": 32, "lr": 0.05,
-               "augment": False}
+               "augment": False, "threads": max(1, (os.cpu_count() or 1) - 1)}
 # The latency column of the export table: a quick in-process check with the agent's own timed loop.
 QUICK_LATENCY = {"threads": 1, "batch": 1, "warmup": 20, "runs": 200}
 METADATA_PREFIX = "toolchain."
