@@ -86,8 +86,8 @@ def bench_table(document: dict[str, Any], agreements: Sequence[Any] = ()) -> Tab
                      f"{latency['p90']:.3f}", f"{latency['p99']:.3f}", f"{latency['mean']:.3f}", f"{latency['std']:.3f}",
                      f"{entry['throughput_ips']:.0f}", f"{entry['peak_rss_mb']:.0f}", f"{entry['accuracy']['top1']:.2f}",
                      f"{agreement:.2f}" if agreement is not None else "-", _kib(entry["model_bytes"])])
-    columns = ["variant", "threads", "batch", f"p50 ms{emulated}", "p90 ms", "p99 ms", "mean ms", "std ms",
-               "img/s", "peak RSS MB", "top-1 %", "agree %", "KiB"]
+    timed = [f"{name}{emulated}" for name in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "img/s")]
+    columns = ["variant", "threads", "batch", *timed, "peak RSS MB", "top-1 %", "agree %", "KiB"]
     title = (f"measured on {target['hostname']}: {target['arch']} {target['cpu_model']}, {target['cores']} cores, "
              f"onnxruntime {target['onnxruntime']}, {target['os']}"
              + (" -- EMULATED (qemu): latency is not the target's" if emulated else ""))
@@ -103,7 +103,9 @@ def bench_notes(document: dict[str, Any]) -> list[str]:
         if variant == "fp32" or baseline is None:
             continue
         ratio = entry["latency_ms"]["p50"] / baseline["latency_ms"]["p50"]
-        notes.append(f"{variant} is {_speed_words(ratio)} than fp32 at {threads} thread(s), batch {batch} (p50)")
+        emulated = " -- EMULATED (qemu): says nothing about the target" if document["target"].get("emulated") else ""
+        notes.append(f"{variant} is {_speed_words(ratio)} than fp32 at {threads} thread(s), batch {batch} "
+                     f"(p50){emulated}")
     settings = document["settings"]
     notes.append(f"protocol: {settings['warmup']} warm-up + >= {settings['runs']} timed runs"
                  + (f" and >= {settings['min_time_s']:g} s" if settings["min_time_s"] else "")
