@@ -31,7 +31,7 @@ from toolchain.calibration import (DEFAULT_EVAL_COUNT, ImageSet, ImageSetDefinit
 from toolchain.errors import CalibrationError, CheckpointError, UsageError
 from toolchain.fsutil import atomic_write_json
 from toolchain.hashing import sha256_file
-from toolchain.settings import ExportSettings, QuantSettings
+from toolchain.settings import SIMPLIFY_PASSES, ExportSettings, QuantSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -159,7 +159,7 @@ def _plan_export(request: ExportRequest, model: str, checkpoint_sha256: str,
               "data_dir": str(request.data_dir) if request.data_dir else None, "normalization": normalization,
               "export": request.export.to_dict(), "quantization": request.quant.to_dict(),
               "calibration": calibration_record, "evalset": evaluation.content(), "toolchain": __version__,
-              "stack": stack_versions()}
+              "graph_passes": list(SIMPLIFY_PASSES) if request.export.simplify else (), "stack": stack_versions()}
     return _Plan(model, inputs, calibration, evaluation)
 
 
@@ -393,9 +393,11 @@ def run_export(request: ExportRequest, on_message: Messages = _silent,
             parity["simplify_max_abs"] = check_parity(reference, logits, settings.atol, settings.rtol,
                                                      "simplified ONNX vs torch")
             nodes["simplified"] = simplified.nodes_after
+            nodes["batchnorm_folded"] = simplified.batchnorm_folded
             timings["simplify_s"] = time.perf_counter() - step
             on_message(f"simplified (onnxsim {simplified.onnxsim_version}): {simplified.nodes_before} -> "
-                       f"{simplified.nodes_after} nodes, max |d| vs torch {parity['simplify_max_abs']:.2g}")
+                       f"{simplified.nodes_after} nodes{_folded_note(simplified.batchnorm_folded)}, "
+                       f"max |d| vs torch {parity['simplify_max_abs']:.2g}")
         else:
             shutil.copyfile(raw, fp32)
         record = {"opset": exported.opset, "dataset": {"name": dataset, "class_names": class_names,
@@ -409,6 +411,10 @@ def run_export(request: ExportRequest, on_message: Messages = _silent,
         manifest = _finish_artifact(stage, plan, calibration, evaluation, logits, request.quant, INPUT_NAME,
                                     OUTPUT_NAME, record, timings, on_message)
         return _publish(store, stage, plan, manifest, timings, started)
+
+
+def _folded_note(count: int) -> str:
+    return f" ({count} BatchNorm after ReLU folded away)" if count else ""
 
 
 def artifact_name(text: str) -> str:
@@ -453,7 +459,7 @@ def run_quantize(request: QuantizeRequest, on_message: Messages = _silent) -> Pi
               "simplify": request.simplify, "quantization": request.quant.to_dict(),
               "calibration": calibration_record, "evalset": evaluation_record,
               "data_dir": str(request.data_dir) if request.data_dir else None, "toolchain": __version__,
-              "stack": stack_versions()}
+              "graph_passes": list(SIMPLIFY_PASSES) if request.simplify else (), "stack": stack_versions()}
     plan = _Plan(name, inputs, calibration_spec, evaluation_spec)
     found = _cached(store, plan, started)
     if found is not None:
@@ -484,8 +490,9 @@ def run_quantize(request: QuantizeRequest, on_message: Messages = _silent) -> Pi
                                                       request.atol, request.rtol,
                                                       "simplified ONNX vs the original")
             nodes["simplified"] = simplified.nodes_after
-            on_message(f"simplified: {simplified.nodes_before} -> {simplified.nodes_after} nodes, max |d| "
-                       f"{parity['simplify_max_abs']:.2g}")
+            nodes["batchnorm_folded"] = simplified.batchnorm_folded
+            on_message(f"simplified: {simplified.nodes_before} -> {simplified.nodes_after} nodes"
+                       f"{_folded_note(simplified.batchnorm_folded)}, max |d| {parity['simplify_max_abs']:.2g}")
         else:
             shutil.copyfile(source, fp32)
         add_metadata(fp32, {METADATA_PREFIX + "source_sha256": source_sha256,

@@ -21,6 +21,9 @@ DEFAULT_ATOL = 1e-4
 # differs by ~1e2 after export for rounding alone, while the usual logits of ~10 gain only 1e-5.
 DEFAULT_RTOL = 1e-6
 
+# What the simplify stage does to a graph; hashed into the artifact id, so a changed pass makes new artifacts.
+SIMPLIFY_PASSES = ("onnxsim", "fold-batchnorm-after-relu")
+
 METHODS = ("minmax", "entropy", "percentile")
 FORMATS = ("qdq", "qoperator")
 ACTIVATION_TYPES = ("uint8", "int8")

@@ -1,9 +1,11 @@
-"""Stage 2: onnxsim (constant folding, redundant-node removal), never silently skipped.
+"""Stage 2: onnxsim (constant folding, redundant-node removal), never silently skipped, then BN folding.
 
 onnxsim checks its own output against the input on random data; a failed check or any exception is a
 `SimplifyError` (the pipeline also re-checks parity on real images). onnxsim 0.8 writes a long report
 into metadata_props (every removed node and value, ~10 KB); it is dropped from the model, and the
 node counts are returned for the manifest instead.
+Then the BatchNorms that sit after a ReLU, which onnxsim cannot fold, are folded where that is exact
+(`toolchain.batchnorm_fold`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import onnx
 
+from toolchain.batchnorm_fold import fold_batchnorm_after_relu
 from toolchain.errors import SimplifyError
 
 _ONNXSIM_PREFIX = "onnxsim."
@@ -28,6 +31,7 @@ class SimplifyResult:
     nodes_after: int
     seconds: float
     onnxsim_version: str
+    batchnorm_folded: int
 
 
 def simplify_onnx(source: Path, destination: Path) -> SimplifyResult:
@@ -48,6 +52,9 @@ def simplify_onnx(source: Path, destination: Path) -> SimplifyResult:
     report = [entry for entry in simplified.metadata_props if entry.key.startswith(_ONNXSIM_PREFIX)]
     for entry in report:
         simplified.metadata_props.remove(entry)
+    folded = fold_batchnorm_after_relu(simplified)
     onnx.save(simplified, str(destination))
     return SimplifyResult(path=destination, nodes_before=len(model.graph.node), nodes_after=len(simplified.graph.node),
-                          seconds=time.perf_counter() - started, onnxsim_version=onnxsim.__version__)
+                          seconds=time.perf_counter() - started, onnxsim_version=onnxsim.__version__,
+                          batchnorm_folded=folded)
+

@@ -40,7 +40,8 @@ EvalCountOption = Annotated[int, typer.Option("--eval-count", help="Eval images 
 AtolOption = Annotated[float, typer.Option("--atol", help="Parity tolerance: max |d| of logits vs the reference.")]
 RtolOption = Annotated[float, typer.Option(
     "--rtol", help="Relative part of the parity tolerance, times the largest |logit| (0: absolute only).")]
-SimplifyOption = Annotated[bool, typer.Option("--simplify/--no-simplify", help="Run onnxsim (default on).")]
+SimplifyOption = Annotated[bool, typer.Option(
+    "--simplify/--no-simplify", help="Run onnxsim, then fold the BatchNorms after ReLUs where exact (default on).")]
 
 
 def _quant_settings(method: str, quant_format: str, per_channel: bool, activation_type: str, reduce_range: bool,
