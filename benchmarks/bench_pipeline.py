@@ -149,9 +149,10 @@ def train_checkpoint(folder: Path) -> tuple[Path, dict[str, Any]]:
     at load average ~7).
     """
     started = time.perf_counter()
-    result = train_model(TrainConfig(model=MODEL, run_dir=folder, threads=TRAIN_THREADS, **QUICK_TRAIN))
+    budget = {**QUICK_TRAIN, "threads": TRAIN_THREADS}
+    result = train_model(TrainConfig(model=MODEL, run_dir=folder, **budget))
     last = result.history[-1]
-    return result.checkpoint, {"budget": dict(QUICK_TRAIN), "threads": TRAIN_THREADS,
+    return result.checkpoint, {"budget": budget, "threads": TRAIN_THREADS,
                                "seconds": time.perf_counter() - started,
                                "test_top1": last.test_top1, "train_images": result.info.training["train_images"],
                                "eval_images": result.info.training["eval_images"],
@@ -351,8 +352,8 @@ def size_why(sizes: dict[str, Any]) -> str:
             f"{fp32['file_bytes']:,} B; the INT8 file's parts as shares of the FP32 file: {parts}. The int8 weights "
             f"are {weight_bytes(int8) / weight_bytes(fp32):.3f} of the float weights' bytes; the rest does not "
             f"shrink: the {int8['ops'].get('BatchNormalization', 0)} BatchNormalization nodes stay float with a "
-            "dequantize/quantize pair around each (HPS units are conv -> ReLU -> BN: a BN after a ReLU cannot "
-            "be folded into the conv before it), scales, zero points and int32 biases come per output channel, "
+            "dequantize/quantize pair around each (those after a ReLU that feed a padded conv: their shift cannot "
+            "be folded exactly), scales, zero points and int32 biases come per output channel, "
             "and the graph (names, Q/DQ nodes, metadata) is a fixed cost that a small model cannot amortise")
 
 
