@@ -391,6 +391,7 @@ def quantize_flavours(folder: Path, manifest: dict[str, Any], scratch: Path
         models[name] = result.path
         record[name] = {"format": quant_format, "activation_type": activation_type,
                         "per_channel": settings.per_channel, "method": settings.method,
+                        "reduce_range": result.settings.reduce_range,
                         "quantize_s": time.perf_counter() - started, "file_bytes": result.path.stat().st_size,
                         "over_fp32_bytes": result.path.stat().st_size / fp32.stat().st_size,
                         "evalset_top1": result.int8_top1, "evalset_drop_pp": result.drop_pp,

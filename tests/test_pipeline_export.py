@@ -29,7 +29,7 @@ from toolchain.errors import (AccuracyGateError, ArtifactError, CalibrationError
 from toolchain.evaluate import onnx_logits
 from toolchain.hashing import sha256_file
 from toolchain.pipeline import ExportRequest, run_export
-from toolchain.settings import ExportSettings, QuantSettings
+from toolchain.settings import ExportSettings, QuantSettings, u8s8_saturation_reason
 
 SMALL_EVAL = 200
 
@@ -58,6 +58,11 @@ def test_trained_hps_exports_to_an_int8_artifact_within_the_gate(hps_artifact, t
     assert accuracy["drop_pp"] == pytest.approx(accuracy["fp32"]["top1"] - accuracy["int8"]["top1"])
     assert accuracy["drop_pp"] <= 1.0
     assert manifest["kept_float"] == [] and not manifest["quantization"]["gate_engaged"]
+    # 7-bit weights exactly where this host's U8S8 kernels saturate, with the reason recorded
+    saturates = u8s8_saturation_reason()
+    assert manifest["settings"]["quantization"]["reduce_range"] is (saturates is not None)
+    assert manifest["hash_inputs"]["quantization"]["reduce_range"] is (saturates is not None)
+    assert manifest["quantization"]["reduce_range_reason"] == saturates
     assert manifest["sizes"]["int8_bytes"] < 0.5 * manifest["sizes"]["fp32_bytes"]
     assert manifest["nodes"]["exported"] >= manifest["nodes"]["simplified"] > 0
     assert {"fp32", "int8"} <= set(manifest["latency"])
@@ -172,7 +177,8 @@ BAD_EXPORTS = {
     "unknown method": (
         lambda ckpt, tmp: dict(checkpoint=ckpt, quant=QuantSettings(method="kl")), UsageError, "--method 'kl'"),
     "atol exceeded": (
-        lambda ckpt, tmp: dict(checkpoint=ckpt, export=ExportSettings(atol=1e-12)), ParityError, "max |d| = "),
+        lambda ckpt, tmp: dict(checkpoint=ckpt, export=ExportSettings(atol=1e-12, rtol=0.0)), ParityError,
+        "max |d| = "),
 }
 
 

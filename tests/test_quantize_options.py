@@ -14,8 +14,10 @@ from toolchain.checkpoints import load_checkpoint
 from toolchain.evaluate import onnx_logits, open_session
 from toolchain.export import export_onnx
 from toolchain.hashing import sha256_file
-from toolchain.quantize import ImageCalibrationReader, quantize_with_gate
+from toolchain.quantize import (ImageCalibrationReader, calibrate, keep_float_weights, prepare_for_quantization,
+                                quantize_static_int8, quantize_with_gate)
 from toolchain.settings import QuantSettings
+from toolchain.simplify import simplify_onnx
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +103,66 @@ def test_excluded_nodes_stay_in_float(fp32_model, tmp_path):
                                 fp32_logits, "input")
     ops = [node.op_type for node in onnx.load(str(result.path)).graph.node]
     assert ops.count("Conv") == 1 and "QLinearConv" in ops
+
+
+KEPT = "/stages/stages.1/stages.1.0/body/squeeze1/conv/Conv"  # reads a DequantizeLinear when kept in float
+
+
+def _weight_is_float_after_ort_optimisation(model_path, node_name, weight, tmp_path) -> bool:
+    """Whether the node still multiplies by exactly these float weights once onnxruntime optimised the graph."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(tmp_path / "optimised.onnx")).graph
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    node = next(node for node in graph.node if node.name == node_name)
+    found = constants.get(node.input[1])  # None: produced by a node (a DequantizeLinear)
+    return found is not None and found.dtype == np.float32 and np.array_equal(found, weight)
+
+
+@pytest.mark.parametrize("quant_format", ["qoperator", "qdq"])
+def test_nodes_kept_in_float_keep_float_weights_under_onnxruntime(fp32_model, tmp_path, quant_format):
+    """onnxruntime's WeightBiasQuantization would quantize a kept node's weight per tensor; the per-axis
+    input DequantizeLinear keeps it float and computes the same numbers."""
+    path, calibration, evaluation, _ = fp32_model
+    simplified, prepared, cache = tmp_path / "simplified.onnx", tmp_path / "prepared.onnx", tmp_path / "cal.json"
+    # as the pipeline makes it: the BatchNorm after the ReLU folded away, so Conv -> ReLU -> QuantizeLinear
+    assert simplify_onnx(path, simplified).batchnorm_folded > 0
+    prepare_for_quantization(simplified, prepared)
+    settings = QuantSettings(format=quant_format, max_drop=100.0, reduce_range=False)
+    calibrate(prepared, calibration.images, "input", settings, cache)
+    protected = quantize_static_int8(prepared, tmp_path / "protected.onnx", settings, cache, (KEPT,))
+    model = onnx.load(str(protected))
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    kept = next(node for node in model.graph.node if node.name == KEPT)
+    dequantize = producers[kept.input[0]]
+    assert kept.op_type == "Conv" and dequantize.op_type == "DequantizeLinear"
+    scale = constants[dequantize.input[1]]
+    assert scale.ndim == 1 and scale.size == constants[kept.input[1]].shape[1] and len(set(scale.tolist())) == 1
+    weight = numpy_helper.to_array(next(tensor for tensor in onnx.load(str(prepared)).graph.initializer
+                                        if tensor.name == kept.input[1]))
+    assert _weight_is_float_after_ort_optimisation(protected, KEPT, weight, tmp_path)
+
+    # the same model as onnxruntime.quantization writes it: the runtime quantizes the "float" weight
+    plain = tmp_path / "plain.onnx"
+    import onnxruntime.quantization as ortq
+    ortq.quantize_static(str(prepared), str(plain), None, calibrate_method=ortq.CalibrationMethod.MinMax,
+                         quant_format=ortq.QuantFormat.QDQ if quant_format == "qdq" else ortq.QuantFormat.QOperator,
+                         per_channel=True, activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8,
+                         nodes_to_exclude=[KEPT], calibration_cache_path=str(cache))
+    assert not _weight_is_float_after_ort_optimisation(plain, KEPT, weight, tmp_path)
+    # and the protection changes no number: both agree exactly when nothing is optimised away
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    outputs = [ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+               .run(None, {"input": evaluation.images[:20]})[0] for model_path in (protected, plain)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert keep_float_weights(protected, [KEPT]) == 0  # already per axis: nothing left to change
 
 
 def test_calibration_reader_follows_the_ort_contract():

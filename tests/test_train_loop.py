@@ -48,8 +48,10 @@ def test_papers_recipe_is_the_default():
 
 
 def test_training_on_a_fashion_mnist_subset_lowers_the_loss(tmp_path, fashion_mnist_root):
+    # 2,048 images x 3 epochs (192 steps): 48 steps at lr 0.1 left the eval-mode BatchNorm statistics
+    # too unsettled on some CPUs (AVX2-only EPYC: test top-1 20.7 % after the loss had fallen)
     result = train_model(TrainConfig(data_dir=fashion_mnist_root, run_dir=tmp_path / "run",
-                                     **{**TINY, "epochs": 3, "milestones": (0.9,)}))
+                                     **{**TINY, "epochs": 3, "milestones": (0.9,), "train_limit": 2048}))
     losses = [m.train_loss for m in result.history]
     assert losses[-1] < 0.8 * math.log(10) and losses[-1] < losses[0] - 0.3, losses
     assert result.history[-1].test_top1 > 25.0  # chance is 10 %

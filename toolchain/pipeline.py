@@ -19,9 +19,9 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from toolchain import __version__
 from toolchain.artifacts import (EVALSET_NAME, FP32_NAME, INT8_NAME, MANIFEST_NAME, MANIFEST_SCHEMA, ArtifactStore,
@@ -31,7 +31,7 @@ from toolchain.calibration import (DEFAULT_EVAL_COUNT, ImageSet, ImageSetDefinit
 from toolchain.errors import CalibrationError, CheckpointError, UsageError
 from toolchain.fsutil import atomic_write_json
 from toolchain.hashing import sha256_file
-from toolchain.settings import SIMPLIFY_PASSES, ExportSettings, QuantSettings
+from toolchain.settings import QUANTIZE_PASSES, SIMPLIFY_PASSES, ExportSettings, QuantSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -159,7 +159,8 @@ def _plan_export(request: ExportRequest, model: str, checkpoint_sha256: str,
               "data_dir": str(request.data_dir) if request.data_dir else None, "normalization": normalization,
               "export": request.export.to_dict(), "quantization": request.quant.to_dict(),
               "calibration": calibration_record, "evalset": evaluation.content(), "toolchain": __version__,
-              "graph_passes": list(SIMPLIFY_PASSES) if request.export.simplify else (), "stack": stack_versions()}
+              "graph_passes": list(SIMPLIFY_PASSES) if request.export.simplify else (),
+              "quantize_passes": list(QUANTIZE_PASSES), "stack": stack_versions()}
     return _Plan(model, inputs, calibration, evaluation)
 
 
@@ -170,11 +171,21 @@ def _cached(store: ArtifactStore, plan: _Plan, started: float) -> PipelineResult
     return PipelineResult(folder, read_manifest(folder), cached=True, seconds=time.perf_counter() - started)
 
 
+Request = TypeVar("Request", ExportRequest, QuantizeRequest)
+
+
+def with_resolved_quant(request: Request) -> tuple[Request, str | None]:
+    """The request with its quantization settings decided for this host (see QuantSettings.resolved)."""
+    quant, reason = request.quant.resolved()
+    return replace(request, quant=quant), reason
+
+
 def cached_export(request: ExportRequest) -> PipelineResult | None:
     """The artifact of an export with an explicit checkpoint, if it exists (no torch, no onnx)."""
     started = time.perf_counter()
     if request.checkpoint is None or not request.checkpoint.is_file():
         return None
+    request = with_resolved_quant(request)[0]
     sidecar = _read_sidecar(request.checkpoint)
     model = sidecar.get("model") if sidecar else request.model
     if model != request.model:  # another spelling of the name (or another model): the full path decides
@@ -271,8 +282,12 @@ def quick_latency(models: dict[str, Path], images: "np.ndarray") -> dict[str, An
 
 def _finish_artifact(stage: Path, plan: _Plan, calibration: ImageSet, evaluation: ImageSet,
                      fp32_logits: "np.ndarray", quant: QuantSettings, input_name: str, output_name: str,
-                     record: dict[str, Any], timings: dict[str, float], on_message: Messages) -> dict[str, Any]:
-    """Quantize behind the gate, write the eval set and the manifest into ``stage``; returns the manifest."""
+                     record: dict[str, Any], timings: dict[str, float], on_message: Messages,
+                     reduce_range_reason: str | None = None) -> dict[str, Any]:
+    """Quantize behind the gate, write the eval set and the manifest into ``stage``; returns the manifest.
+
+    ``reduce_range_reason``: why 7-bit weights were chosen for this host (reported and recorded).
+    """
     from toolchain.evaluate import accuracy_from_logits
     from toolchain.onnx_model import count_nodes
     from toolchain.quantize import quantize_with_gate
@@ -280,8 +295,11 @@ def _finish_artifact(stage: Path, plan: _Plan, calibration: ImageSet, evaluation
     fp32, int8 = stage / FP32_NAME, stage / INT8_NAME
     on_message(f"quantizing: {quant.method} calibration on {len(calibration)} images, {quant.format} "
                f"{'U8S8' if quant.activation_type == 'uint8' else 'S8S8'}, "
-               f"{'per-channel' if quant.per_channel else 'per-tensor'} weights; gate {quant.max_drop:g} pp on "
+               f"{'per-channel' if quant.per_channel else 'per-tensor'} "
+               f"{'7-bit ' if quant.reduce_range else ''}weights; gate {quant.max_drop:g} pp on "
                f"{len(evaluation)} eval images")
+    if reduce_range_reason:
+        on_message(f"7-bit weights (--reduce-range): {reduce_range_reason}; --no-reduce-range overrides")
     started = time.perf_counter()
     result: QuantizationResult = quantize_with_gate(fp32, int8, quant, calibration, evaluation, fp32_logits,
                                                     input_name, on_message)
@@ -309,7 +327,7 @@ def _finish_artifact(stage: Path, plan: _Plan, calibration: ImageSet, evaluation
                      "max_drop_pp": quant.max_drop, "evalset": "evalset.npz (disjoint from the calibration set)"},
         "nodes": {**record.get("nodes", {}), "int8": count_nodes(int8)},
         "kept_float": result.kept_float,
-        "quantization": result.to_dict(),
+        "quantization": {**result.to_dict(), "reduce_range_reason": reduce_range_reason},
         "latency": latency,
         "timings": timings,
         "hash_inputs": plan.inputs,
@@ -330,6 +348,7 @@ def run_export(request: ExportRequest, on_message: Messages = _silent,
     started = time.perf_counter()
     request.export.validate()
     request.quant.validate()
+    request, reduce_range_reason = with_resolved_quant(request)
     _check_eval_count(request.eval_count)
     store = ArtifactStore(request.artifacts)
     store.check_writable()
@@ -409,7 +428,7 @@ def run_export(request: ExportRequest, on_message: Messages = _silent,
                   "settings": {"export": settings.to_dict(), "quantization": request.quant.to_dict()},
                   "parity": parity, "nodes": nodes}
         manifest = _finish_artifact(stage, plan, calibration, evaluation, logits, request.quant, INPUT_NAME,
-                                    OUTPUT_NAME, record, timings, on_message)
+                                    OUTPUT_NAME, record, timings, on_message, reduce_range_reason)
         return _publish(store, stage, plan, manifest, timings, started)
 
 
@@ -430,6 +449,7 @@ def run_quantize(request: QuantizeRequest, on_message: Messages = _silent) -> Pi
     started = time.perf_counter()
     ExportSettings(atol=request.atol, rtol=request.rtol).validate()
     request.quant.validate()
+    request, reduce_range_reason = with_resolved_quant(request)
     _check_eval_count(request.eval_count)
     store = ArtifactStore(request.artifacts)
     store.check_writable()
@@ -459,7 +479,8 @@ def run_quantize(request: QuantizeRequest, on_message: Messages = _silent) -> Pi
               "simplify": request.simplify, "quantization": request.quant.to_dict(),
               "calibration": calibration_record, "evalset": evaluation_record,
               "data_dir": str(request.data_dir) if request.data_dir else None, "toolchain": __version__,
-              "graph_passes": list(SIMPLIFY_PASSES) if request.simplify else (), "stack": stack_versions()}
+              "graph_passes": list(SIMPLIFY_PASSES) if request.simplify else (),
+              "quantize_passes": list(QUANTIZE_PASSES), "stack": stack_versions()}
     plan = _Plan(name, inputs, calibration_spec, evaluation_spec)
     found = _cached(store, plan, started)
     if found is not None:
@@ -510,5 +531,6 @@ def run_quantize(request: QuantizeRequest, on_message: Messages = _silent) -> Pi
                                "quantization": request.quant.to_dict()},
                   "parity": parity, "nodes": nodes}
         manifest = _finish_artifact(stage, plan, calibration, evaluation, logits, request.quant,
-                                    classifier.input_name, classifier.output_name, record, timings, on_message)
+                                    classifier.input_name, classifier.output_name, record, timings, on_message,
+                                    reduce_range_reason)
         return _publish(store, stage, plan, manifest, timings, started)

@@ -201,6 +201,7 @@ def quantize_static_int8(model: Path, output: Path, settings: QuantSettings, cac
     """Quantize with the cached calibration ranges; ``keep_float`` nodes stay in float."""
     from onnxruntime.quantization import quantize_static
 
+    settings = settings.resolved()[0]
     method, ort_format, activation, weight = _ort_enums(replace(settings, format=quant_format or settings.format))
     try:
         with _quiet_ort():
@@ -210,8 +211,88 @@ def quantize_static_int8(model: Path, output: Path, settings: QuantSettings, cac
                             calibrate_method=method, calibration_cache_path=str(cache))
     except Exception as exc:  # the quantizer raises assorted errors on unusual graphs
         raise _failure("static INT8 quantization", exc) from None
+    keep_float_weights(output, list(settings.exclude_nodes) + list(keep_float))
     drop_unused_opset_imports(output)
     return output
+
+
+_WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def _input_channels(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> int | None:
+    """Channels of a Conv/ConvTranspose/Gemm's data input (axis 1), from its weight's shape."""
+    weight = constants.get(node.input[1]) if len(node.input) > 1 else None
+    if weight is None or len(weight.dims) < 2:
+        return None
+    attributes = {attribute.name: onnx.helper.get_attribute_value(attribute) for attribute in node.attribute}
+    if node.op_type == "Conv":
+        return int(weight.dims[1]) * int(attributes.get("group", 1))
+    if node.op_type == "ConvTranspose":
+        return int(weight.dims[0])
+    if attributes.get("transA", 0):
+        return None
+    return int(weight.dims[1] if attributes.get("transB", 0) else weight.dims[0])
+
+
+def keep_float_weights(path: Path, float_nodes: Sequence[str]) -> int:
+    """Make the nodes kept in float stay float under onnxruntime's own optimiser; returns how many it changed.
+
+    onnxruntime >= 1.20's WeightBiasQuantization (a basic-level graph optimisation, on by default)
+    quantizes the float weight of any Conv/Gemm whose input comes from a DequantizeLinear with a scalar
+    scale: per tensor, symmetric INT8. A node the gate keeps in float would run with per-tensor INT8
+    weights, which wrecks a layer whose channels differ in scale (measured: hps-06-0.5x with one such conv
+    "kept in float" fell from 80.2 % to 41.0 % top-1). The input's DequantizeLinear is replaced by a per-axis
+    one whose scale and zero point repeat the same value for every channel: the same numbers, but not a
+    scalar scale, so the optimisation leaves the node alone. Needs opset 13 (per-axis DequantizeLinear).
+    """
+    if not float_nodes:
+        return 0
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    opset = next((item.version for item in model.opset_import if item.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        return 0
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    wanted = set(float_nodes)
+    changed = 0
+    nodes = list(graph.node)
+    rebuilt: list[onnx.NodeProto] = []
+    for node in nodes:
+        dq = producers.get(node.input[0]) if node.input else None
+        channels = _input_channels(node, constants) if node.op_type in _WEIGHTED_OPS else None
+        if (node.name in wanted and channels and dq is not None and dq.op_type == "DequantizeLinear"
+                and dq.input[1] in constants and numpy_helper.to_array(constants[dq.input[1]]).size == 1):
+            scale = numpy_helper.to_array(constants[dq.input[1]]).reshape(())
+            inputs = [dq.input[0], f"{node.name}_input_scale_per_axis"]
+            graph.initializer.append(numpy_helper.from_array(np.full(channels, scale, dtype=scale.dtype), inputs[1]))
+            if len(dq.input) > 2 and dq.input[2]:
+                zero_point = numpy_helper.to_array(constants[dq.input[2]]).reshape(())
+                inputs.append(f"{node.name}_input_zero_point_per_axis")
+                graph.initializer.append(numpy_helper.from_array(
+                    np.full(channels, zero_point, dtype=zero_point.dtype), inputs[2]))
+            output = f"{node.name}_input_dequantized_per_axis"
+            rebuilt.append(onnx.helper.make_node("DequantizeLinear", inputs, [output], name=f"{node.name}_input_dq",
+                                                 axis=1))
+            node.input[0] = output
+            changed += 1
+        rebuilt.append(node)
+    if not changed:
+        return 0
+    used = {name for node in rebuilt for name in node.input}
+    graph_outputs = {value.name for value in graph.output}
+    rebuilt = [node for node in rebuilt if node.op_type != "DequantizeLinear"
+               or any(name in used or name in graph_outputs for name in node.output)]
+    del graph.node[:]
+    graph.node.extend(rebuilt)
+    used = {name for node in rebuilt for name in node.input}
+    kept = [tensor for tensor in graph.initializer if tensor.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.save(model, str(path))
+    return changed
 
 
 def drop_unused_opset_imports(path: Path) -> None:
@@ -362,6 +443,7 @@ def quantize_with_gate(fp32_model: Path, output: Path, settings: QuantSettings, 
     float nodes brings the drop within the gate.
     """
     settings.validate()
+    settings = settings.resolved()[0]
     started = time.perf_counter()
     labels = evaluation.labels
     if labels is None:

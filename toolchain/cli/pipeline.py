@@ -29,7 +29,9 @@ FormatOption = Annotated[str, typer.Option(
 PerChannelOption = Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales per channel.")]
 ActivationTypeOption = Annotated[str, typer.Option(
     "--activation-type", help="uint8 (U8S8, default: fast on x86) or int8 (S8S8).")]
-ReduceRangeOption = Annotated[bool, typer.Option("--reduce-range", help="7-bit weights (for CPUs without VNNI).")]
+ReduceRangeOption = Annotated[bool | None, typer.Option(
+    "--reduce-range/--no-reduce-range",
+    help="7-bit weights (default: on only for U8S8 on an x86 host without VNNI, whose kernels saturate).")]
 ExcludeNodesOption = Annotated[Optional[str], typer.Option(
     "--exclude-nodes", help="Comma-separated node names to keep in float (names of the FP32 model).")]
 MaxDropOption = Annotated[float, typer.Option(
@@ -44,7 +46,7 @@ SimplifyOption = Annotated[bool, typer.Option(
     "--simplify/--no-simplify", help="Run onnxsim, then fold the BatchNorms after ReLUs where exact (default on).")]
 
 
-def _quant_settings(method: str, quant_format: str, per_channel: bool, activation_type: str, reduce_range: bool,
+def _quant_settings(method: str, quant_format: str, per_channel: bool, activation_type: str, reduce_range: bool | None,
                     exclude_nodes: str | None, max_drop: float, max_kept_float: int | None) -> QuantSettings:
     excluded = tuple(name.strip() for name in (exclude_nodes or "").split(",") if name.strip())
     return QuantSettings(method=method, format=quant_format, per_channel=per_channel, activation_type=activation_type,
@@ -89,7 +91,7 @@ def export(
     quant_format: FormatOption = "qoperator",
     per_channel: PerChannelOption = True,
     activation_type: ActivationTypeOption = "uint8",
-    reduce_range: ReduceRangeOption = False,
+    reduce_range: ReduceRangeOption = None,
     exclude_nodes: ExcludeNodesOption = None,
     max_drop: MaxDropOption = DEFAULT_MAX_DROP,
     max_kept_float: MaxKeptFloatOption = None,
@@ -148,7 +150,7 @@ def quantize(
     quant_format: FormatOption = "qoperator",
     per_channel: PerChannelOption = True,
     activation_type: ActivationTypeOption = "uint8",
-    reduce_range: ReduceRangeOption = False,
+    reduce_range: ReduceRangeOption = None,
     exclude_nodes: ExcludeNodesOption = None,
     max_drop: MaxDropOption = DEFAULT_MAX_DROP,
     max_kept_float: MaxKeptFloatOption = None,
