@@ -162,6 +162,16 @@ def test_latest_checkpoint_is_the_newest_run_of_that_model_and_dataset(tmp_path)
     assert find_latest_checkpoint(tmp_path, "hps-06-0.5x", "fashion-mnist") is None
 
 
+def test_a_finished_run_wins_over_a_newer_one_that_stopped_early(tmp_path):
+    runs = tmp_path / "train" / "hps-06-0.25x" / "fashion-mnist"
+    model = create_model("hps-06-0.25x", 10, 1)
+    save_checkpoint(model, _info(epoch=5, epochs=5, created="2026-01-01T00:00:00+00:00"), runs / "done" / "checkpoint.pt")
+    save_checkpoint(model, _info(epoch=1, epochs=5, created="2026-03-01T00:00:00+00:00"), runs / "cut" / "checkpoint.pt")
+    assert find_latest_checkpoint(tmp_path, "hps-06-0.25x", "fashion-mnist") == runs / "done" / "checkpoint.pt"
+    save_checkpoint(model, _info(epoch=2, epochs=2, created="2026-04-01T00:00:00+00:00"), runs / "new" / "checkpoint.pt")
+    assert find_latest_checkpoint(tmp_path, "hps-06-0.25x", "fashion-mnist") == runs / "new" / "checkpoint.pt"
+
+
 def test_saving_replaces_the_previous_checkpoint_atomically(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(create_model("hps-06-0.25x", 10, 1), _info(epoch=1), path)

@@ -191,12 +191,16 @@ def load_checkpoint(path: Path, model_name: str | None = None) -> LoadedCheckpoi
 
 
 def find_latest_checkpoint(artifacts: Path, model: str, dataset: str) -> Path | None:
-    """The newest checkpoint trained for (model, dataset) under ``artifacts/train``, if any."""
+    """The newest checkpoint trained for (model, dataset) under ``artifacts/train``, if any.
+
+    A run that finished all its epochs wins over a newer one that stopped early (interrupted, or still
+    running); with only unfinished runs, the newest of them (its sidecar says which epoch it reached).
+    """
     folder = Path(artifacts) / TRAIN_DIR / resolve(model).name / dataset
     candidates = []
     for sidecar in folder.glob(f"*/{Path(CHECKPOINT_NAME).stem}.json"):
         checkpoint = sidecar.with_suffix(".pt")
         info = read_info(checkpoint) if checkpoint.is_file() else None
         if info is not None:
-            candidates.append((info.created, sidecar.parent.name, checkpoint))
-    return max(candidates)[2] if candidates else None
+            candidates.append((info.epoch >= info.epochs, info.created, sidecar.parent.name, checkpoint))
+    return max(candidates)[3] if candidates else None

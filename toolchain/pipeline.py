@@ -196,14 +196,17 @@ def cached_export(request: ExportRequest) -> PipelineResult | None:
 
 def _find_or_train_checkpoint(request: ExportRequest, on_message: Messages,
                               on_train_progress: TrainProgressCallback | None) -> Path:
-    from toolchain.checkpoints import find_latest_checkpoint
+    from toolchain.checkpoints import find_latest_checkpoint, read_info
     from toolchain.models import resolve
 
     name = resolve(request.model).name
     dataset = request.dataset or DEFAULT_DATASET
     found = find_latest_checkpoint(request.artifacts, name, dataset)
     if found is not None:
-        on_message(f"checkpoint: the newest trained {name} on {dataset}: {found}")
+        info = read_info(found)
+        unfinished = (f" (epoch {info.epoch} of {info.epochs}: that run stopped early)"
+                      if info is not None and info.epoch < info.epochs else "")
+        on_message(f"checkpoint: the newest trained {name} on {dataset}: {found}{unfinished}")
         return found
     if not request.train_if_missing:
         raise CheckpointError(f"no trained checkpoint of {name} on {dataset} under {request.artifacts}",
