@@ -26,6 +26,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch.nn import functional as F
@@ -56,16 +57,18 @@ def machine() -> dict:
 
 
 def bare_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """The reference: the plainest PyTorch training loop; returns images/s."""
+              batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """The reference: the plainest PyTorch training loop, over a list or a stream of batches; returns images/s."""
     model.train()
     start = time.perf_counter()
+    images = 0
     for x, y in batches:
         optimizer.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
-    return sum(len(y) for _, y in batches) / (time.perf_counter() - start)
+        images += len(y)
+    return images / (time.perf_counter() - start)
 
 
 def toolchain_loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -100,19 +103,10 @@ def bare_epoch(train_set: ImageDataset) -> dict:
     """The bare loop over one whole streamed epoch, as `train_model` draws it (same seed, same augmentation)."""
     torch.manual_seed(0)
     model = create_model(MODEL, num_classes=train_set.num_classes, in_channels=train_set.channels)
-    optimizer = build_optimizer("sgd", model.parameters())
-    model.train()
-    start = time.perf_counter()
-    images = 0
-    for x, y in iterate_batches(train_set, BATCH_SIZE, shuffle=True, augment=True,
-                                generator=torch.Generator().manual_seed(0)):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        images += len(y)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "images": images, "images_per_s": images / seconds}
+    stream = iterate_batches(train_set, BATCH_SIZE, shuffle=True, augment=True,
+                             generator=torch.Generator().manual_seed(0))
+    rate = bare_loop(model, build_optimizer("sgd", model.parameters()), stream)
+    return {"seconds": len(train_set) / rate, "images": len(train_set), "images_per_s": rate}
 
 
 def one_epoch() -> dict:
