@@ -261,11 +261,12 @@ def keep_float_weights(path: Path, float_nodes: Sequence[str]) -> int:
     nodes = list(graph.node)
     rebuilt: list[onnx.NodeProto] = []
     for node in nodes:
-        dq = producers.get(node.input[0]) if node.input else None
-        channels = _input_channels(node, constants) if node.op_type in _WEIGHTED_OPS else None
-        if (node.name in wanted and channels and dq is not None and dq.op_type == "DequantizeLinear"
-                and dq.input[1] in constants and numpy_helper.to_array(constants[dq.input[1]]).size == 1):
-            scale = numpy_helper.to_array(constants[dq.input[1]]).reshape(())
+        dq = producers.get(node.input[0]) if node.name in wanted and node.op_type in _WEIGHTED_OPS else None
+        channels = _input_channels(node, constants) if dq is not None else None
+        scale = (numpy_helper.to_array(constants[dq.input[1]])
+                 if channels and dq.op_type == "DequantizeLinear" and dq.input[1] in constants else None)
+        if scale is not None and scale.size == 1:
+            scale = scale.reshape(())
             inputs = [dq.input[0], f"{node.name}_input_scale_per_axis"]
             graph.initializer.append(numpy_helper.from_array(np.full(channels, scale, dtype=scale.dtype), inputs[1]))
             if len(dq.input) > 2 and dq.input[2]:
