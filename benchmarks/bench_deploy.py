@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from bench_train import machine  # noqa: E402  (same machine record as the other benchmarks)
 from tests.fixtures.sshd import running_sshd  # noqa: E402
-from toolchain.checkpoints import find_latest_checkpoint  # noqa: E402
+from toolchain.training.checkpoints import find_latest_checkpoint  # noqa: E402
 from toolchain.fsutil import atomic_write_json  # noqa: E402
 from toolchain.pipeline import DEFAULT_DATASET, ExportRequest, run_export  # noqa: E402
 from toolchain.remote.deploy import deploy  # noqa: E402

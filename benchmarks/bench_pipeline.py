@@ -49,7 +49,7 @@ from onnx import numpy_helper
 
 from toolchain import __version__
 from toolchain.artifacts import EVALSET_NAME, FP32_NAME, INT8_NAME, read_evalset, read_manifest
-from toolchain.calibration import (ImageSet, ImageSetDefinition, load_definition, load_image_set,
+from toolchain.data.imagesets import (ImageSet, ImageSetDefinition, load_definition, load_image_set,
                                    resolve_calibration_arg)
 from toolchain.evaluate import accuracy_from_logits, onnx_logits
 from toolchain.fsutil import atomic_write_json
@@ -58,8 +58,8 @@ from toolchain.pipeline import QUICK_TRAIN, stack_versions
 from toolchain.quantize import quantize_with_gate
 from toolchain.remote.agent.bench_agent import (batches_of, latency_summary, open_session, target_facts,
                                                 timed_runs)
-from toolchain.settings import QuantSettings
-from toolchain.train import TrainConfig, train_model
+from toolchain.pipeline.config import QuantSettings
+from toolchain.training.loop import TrainConfig, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "pipeline.json"

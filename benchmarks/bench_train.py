@@ -2,7 +2,7 @@
 
 Figures (written to benchmarks/results/train.json with the machine they were measured on):
 
-- loop_throughput_ratio: images/s of `toolchain.train.fit_batches` over the bare loop
+- loop_throughput_ratio: images/s of `toolchain.training.loop.fit_batches` over the bare loop
   ``for x, y in batches: opt.zero_grad(); loss = F.cross_entropy(model(x), y); loss.backward(); opt.step()``,
   same model (hps-06-0.5x, same initial weights), same optimizer settings, the same pre-built batches,
   measured alternately in this run (median of several rounds). Goal >= 0.9.
@@ -34,8 +34,8 @@ from torch.nn import functional as F
 from toolchain.data import ImageDataset, iterate_batches, load_dataset
 from toolchain.fsutil import atomic_write_json
 from toolchain.models import create_model
-from toolchain.optim import build_optimizer
-from toolchain.train import TrainConfig, fit_batches, train_model
+from toolchain.training.optim import build_optimizer
+from toolchain.training.loop import TrainConfig, fit_batches, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "train.json"

@@ -42,3 +42,16 @@ def _quiet_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _pass_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # A pass cache of this session's own: results of another session (or of older code) are never reused.
+    folder = tmp_path_factory.mktemp("pass-cache")
+    previous = os.environ.get("TOOLCHAIN_PASS_CACHE")
+    os.environ["TOOLCHAIN_PASS_CACHE"] = str(folder)
+    yield
+    if previous is None:
+        os.environ.pop("TOOLCHAIN_PASS_CACHE", None)
+    else:
+        os.environ["TOOLCHAIN_PASS_CACHE"] = previous

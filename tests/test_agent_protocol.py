@@ -51,11 +51,11 @@ def test_agent_measures_every_model_and_thread_count(hps_artifact, tmp_path):
     assert measured == [("fp32", 1), ("fp32", 2), ("int8", 1), ("int8", 2)]
     for entry in document["results"]:
         assert entry["runs"] == 20 and entry["batch"] == 1
-        assert entry["model_sha256"] == hps_artifact.manifest["files"][entry["model_file"]]["sha256"]
+        assert entry["model_sha256"] == hps_artifact.manifest.to_json()["files"][entry["model_file"]]["sha256"]
         assert entry["providers"] == ["CPUExecutionProvider"]
         assert entry["peak_rss_mb"] > entry["rss_before_session_mb"] > 0
         assert entry["throughput_ips"] == pytest.approx(20 / entry["timed_s"])
-        top1 = hps_artifact.manifest["accuracy"][entry["variant"]]["top1"]
+        top1 = hps_artifact.manifest.to_json()["accuracy"][entry["variant"]]["top1"]
         assert entry["accuracy"] == {"top1": pytest.approx(top1), "count": 500}
     # the agent's answers are the host's answers (same runtime here): 100 % agreement
     assert {item.agreement_pct for item in agreement(document, host_predictions(folder))} == {100.0}

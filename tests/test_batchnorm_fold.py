@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from toolchain.batchnorm_fold import fold_batchnorm_after_relu
+from toolchain.graph.batchnorm import fold_batchnorm_after_relu
 
 CHANNELS = 6
 RNG = np.random.default_rng(0)

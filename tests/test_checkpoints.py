@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.fixtures.data import assert_clear_error
-from toolchain.checkpoints import (CheckpointInfo, find_latest_checkpoint, load_checkpoint, read_info,
+from toolchain.training.checkpoints import (CheckpointInfo, find_latest_checkpoint, load_checkpoint, read_info,
                                    save_checkpoint)
 from toolchain.errors import CheckpointError, UnknownModelError
 from toolchain.hashing import sha256_file

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO, require
 from toolchain.cli.main import run
-from toolchain.train import TrainConfig, TrainProgress, train_model
+from toolchain.training.loop import TrainConfig, TrainProgress, train_model
 
 
 @dataclass

@@ -10,10 +10,12 @@ import torch
 from tests.fixtures.data import assert_clear_error
 from toolchain.data import load_dataset
 from toolchain.errors import ExportError, ParityError, UsageError
-from toolchain.evaluate import onnx_logits, torch_array_logits
-from toolchain.export import INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx, max_abs_diff
+from toolchain.evaluators.accuracy import onnx_logits
+from toolchain.evaluators.parity import check_parity, max_abs_diff
+from toolchain.evaluators.reference import torch_array_logits
+from toolchain.graph.from_torch import INPUT_NAME, OUTPUT_NAME, export_onnx
 from toolchain.models import create_model
-from toolchain.simplify import simplify_onnx
+from toolchain.graph.simplify import simplify_onnx
 
 ZOO = ["hps-06-0.5x", "shallow-21-0.2x", "sqnxt-23-1x-v1", "modified-sqnxt-23-1x", "squeezenet-v1.1",
        "squeezed-cnn"]

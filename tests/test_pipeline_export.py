@@ -26,16 +26,16 @@ from toolchain import pipeline
 from toolchain.artifacts import artifact_id, read_evalset
 from toolchain.errors import (AccuracyGateError, ArtifactError, CalibrationError, CheckpointError, ParityError,
                               UsageError)
-from toolchain.evaluate import onnx_logits
+from toolchain.evaluators.accuracy import onnx_logits
 from toolchain.hashing import sha256_file
 from toolchain.pipeline import ExportRequest, run_export
-from toolchain.settings import ExportSettings, QuantSettings, u8s8_saturation_reason
+from toolchain.pipeline.config import ExportSettings, QuantSettings, u8s8_saturation_reason
 
 SMALL_EVAL = 200
 
 
 def test_trained_hps_exports_to_an_int8_artifact_within_the_gate(hps_artifact, trained_hps):
-    folder, manifest = hps_artifact.folder, hps_artifact.manifest
+    folder, manifest = hps_artifact.folder, hps_artifact.manifest.to_json()
     assert folder.parent.name == "hps-06-0.5x" and folder.name == manifest["artifact_id"]
     assert manifest["artifact_id"] == artifact_id(manifest["hash_inputs"])
     assert sorted(path.name for path in folder.iterdir()) == [
@@ -77,7 +77,7 @@ def test_models_embed_their_weights_and_carry_metadata(hps_artifact):
     assert metadata["toolchain.model"] == "hps-06-0.5x"
     assert metadata["toolchain.dataset"] == "fashion-mnist"
     assert json.loads(metadata["toolchain.class_names"])[0] == "T-shirt/top"
-    assert metadata["toolchain.checkpoint_sha256"] == hps_artifact.manifest["inputs"]["checkpoint"]["sha256"]
+    assert metadata["toolchain.checkpoint_sha256"] == hps_artifact.manifest.to_json()["inputs"]["checkpoint"]["sha256"]
     assert len(json.loads(metadata["toolchain.mean"])) == 1
 
 
@@ -92,7 +92,7 @@ def test_evalset_holds_normalised_images_labels_and_the_host_answers(hps_artifac
         answers = onnx_logits(folder / f"model.{variant}.onnx", data["images"]).argmax(axis=1)
         np.testing.assert_array_equal(answers, data[f"pred_{variant}"])
         top1 = float((data[f"pred_{variant}"] == data["labels"]).mean() * 100)
-        assert top1 == pytest.approx(hps_artifact.manifest["accuracy"][variant]["top1"])
+        assert top1 == pytest.approx(hps_artifact.manifest.to_json()["accuracy"][variant]["top1"])
 
 
 def test_rerun_with_the_same_inputs_does_no_work(hps_artifact, trained_hps):
@@ -123,13 +123,13 @@ def test_different_settings_make_a_different_artifact(hps_artifact, trained_hps)
 def test_gate_keeps_the_sensitive_nodes_in_float_and_records_them(broken_int8_checkpoint, tmp_path):
     result = run_export(ExportRequest(model="hps-06-0.25x", checkpoint=broken_int8_checkpoint,
                                       artifacts=tmp_path, eval_count=SMALL_EVAL))
-    quantization = result.manifest["quantization"]
+    quantization = result.manifest.to_json()["quantization"]
     first, last = quantization["steps"][0], quantization["steps"][-1]
     assert first["kept_float"] == [] and first["drop_pp"] > 10  # plain INT8 collapses
     assert quantization["gate_engaged"]
-    kept = result.manifest["kept_float"]
+    kept = result.manifest.to_json()["kept_float"]
     assert BROKEN_NODE in kept and len(kept) <= 4
-    assert result.manifest["accuracy"]["drop_pp"] <= 1.0
+    assert result.manifest.to_json()["accuracy"]["drop_pp"] <= 1.0
     assert kept == quantization["kept_float"]
     assert quantization["sensitivity"][0]["node"] in kept
     float_convs = [node.name for node in onnx.load(str(result.folder / "model.int8.onnx")).graph.node
@@ -235,7 +235,7 @@ def test_without_a_checkpoint_it_trains_one_then_reuses_it(monkeypatch, tmp_path
     assert {"start", "train", "epoch"} <= phases
     trained = list((tmp_path / "train" / "hps-06-0.25x" / "fashion-mnist").glob("*/checkpoint.pt"))
     assert len(trained) == 1
-    assert made.manifest["inputs"]["checkpoint"]["sha256"] == sha256_file(trained[0])
+    assert made.manifest.to_json()["inputs"]["checkpoint"]["sha256"] == sha256_file(trained[0])
     messages.clear()
     again = run_export(request, on_message=messages.append)
     assert again.cached and again.folder == made.folder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from toolchain.settings import QuantSettings, u8s8_saturation_reason
+from toolchain.pipeline.config import QuantSettings, u8s8_saturation_reason
 
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 ssse3 avx avx2 fma\n"
 AVX512_VNNI = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw avx512_vnni\n"

@@ -16,12 +16,12 @@ from torch import nn
 from tests.fixtures.data import assert_clear_error
 from tests.fixtures.pipeline import tree
 from tests.test_cli_train import assert_one_line_error, toolchain  # noqa: F401  (fixture)
-from toolchain.calibration import (ImageSet, available_definitions, check_disjoint, load_definition,
+from toolchain.data.imagesets import (ImageSet, available_definitions, check_disjoint, load_definition,
                                    parse_definition)
 from toolchain.data import load_dataset
 from toolchain.errors import CalibrationError, OnnxModelError, UsageError
 from toolchain.pipeline import QuantizeRequest, run_quantize
-from toolchain.settings import QuantSettings
+from toolchain.pipeline.config import QuantSettings
 
 
 class ChannelsLast(nn.Module):
@@ -84,8 +84,8 @@ def test_array_calibration_and_eval_sets_are_accepted(foreign, tmp_path):
     result = run_quantize(QuantizeRequest(onnx=foreign, calibration=str(tmp_path / "calibration.npy"),
                                           eval_set=str(tmp_path / "eval.npz"), artifacts=tmp_path / "store",
                                           quant=QuantSettings(max_drop=100.0)))
-    assert result.manifest["inputs"]["calibration"]["kind"] == "arrays"
-    assert result.manifest["accuracy"]["int8"]["count"] == 120
+    assert result.manifest.to_json()["inputs"]["calibration"]["kind"] == "arrays"
+    assert result.manifest.to_json()["accuracy"]["int8"]["count"] == 120
 
 
 def _truncated(path: Path) -> Path:

@@ -9,15 +9,17 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from toolchain.calibration import load_definition, load_image_set
-from toolchain.checkpoints import load_checkpoint
-from toolchain.evaluate import onnx_logits, open_session
-from toolchain.export import export_onnx
+from toolchain.data.imagesets import load_definition, load_image_set
+from toolchain.training.checkpoints import load_checkpoint
+from toolchain.evaluators.accuracy import onnx_logits, open_session
+from toolchain.graph.from_torch import export_onnx
+from toolchain.graph.qdq import keep_float_weights
 from toolchain.hashing import sha256_file
-from toolchain.quantize import (ImageCalibrationReader, calibrate, keep_float_weights, prepare_for_quantization,
-                                quantize_static_int8, quantize_with_gate)
-from toolchain.settings import QuantSettings
-from toolchain.simplify import simplify_onnx
+from toolchain.pipeline import quantize_with_gate
+from toolchain.quantization.ort import (ImageCalibrationReader, calibrate, prepare_for_quantization,
+                                        quantize_static_int8)
+from toolchain.pipeline.config import QuantSettings
+from toolchain.graph.simplify import simplify_onnx
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,7 @@ def _activation_zero_point_types(model: onnx.ModelProto) -> set[int]:
 def test_every_quantization_option_gives_a_model_onnxruntime_runs(name, fp32_model, tmp_path):
     path, calibration, evaluation, fp32_logits = fp32_model
     settings = QuantSettings(**{**OPTIONS[name].to_dict(), "exclude_nodes": (), "max_drop": 100.0})
-    result = quantize_with_gate(path, tmp_path / "model.int8.onnx", settings, calibration, evaluation,
-                                fp32_logits, "input")
+    result = quantize_with_gate(path, tmp_path / "model.int8.onnx", settings, calibration, evaluation, "input")
     model = onnx.load(str(result.path))
     onnx.checker.check_model(model)
     ops = {node.op_type for node in model.graph.node}
@@ -78,8 +79,7 @@ def test_calibration_methods_really_differ(fp32_model, tmp_path):
     digests = set()
     for method in ("minmax", "entropy", "percentile"):
         settings = QuantSettings(method=method, format="qdq", max_drop=100.0)
-        result = quantize_with_gate(path, tmp_path / f"{method}.onnx", settings, calibration, evaluation,
-                                    fp32_logits, "input")
+        result = quantize_with_gate(path, tmp_path / f"{method}.onnx", settings, calibration, evaluation, "input")
         digests.add(sha256_file(result.path))
     assert len(digests) == 3  # each method chose its own activation ranges
 
@@ -87,7 +87,7 @@ def test_calibration_methods_really_differ(fp32_model, tmp_path):
 def test_per_channel_weights_get_one_scale_per_output_channel(fp32_model, tmp_path):
     path, calibration, evaluation, fp32_logits = fp32_model
     result = quantize_with_gate(path, tmp_path / "pc.onnx", QuantSettings(format="qdq", max_drop=100.0),
-                                calibration, evaluation, fp32_logits, "input")
+                                calibration, evaluation, "input")
     model = onnx.load(str(result.path))
     constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
     weight_scales = [constants[node.input[1]] for node in model.graph.node
@@ -99,8 +99,7 @@ def test_per_channel_weights_get_one_scale_per_output_channel(fp32_model, tmp_pa
 def test_excluded_nodes_stay_in_float(fp32_model, tmp_path):
     path, calibration, evaluation, fp32_logits = fp32_model
     settings = QuantSettings(format="qoperator", exclude_nodes=("/stem/conv/Conv",), max_drop=100.0)
-    result = quantize_with_gate(path, tmp_path / "excluded.onnx", settings, calibration, evaluation,
-                                fp32_logits, "input")
+    result = quantize_with_gate(path, tmp_path / "excluded.onnx", settings, calibration, evaluation, "input")
     ops = [node.op_type for node in onnx.load(str(result.path)).graph.node]
     assert ops.count("Conv") == 1 and "QLinearConv" in ops
 

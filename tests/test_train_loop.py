@@ -13,10 +13,10 @@ import torch
 
 from tests.fixtures.data import assert_clear_error
 from tests.fixtures.train import TINY
-from toolchain.checkpoints import load_checkpoint, read_info
+from toolchain.training.checkpoints import load_checkpoint, read_info
 from toolchain.errors import CheckpointError, DatasetError, TrainingError, UnknownModelError, UsageError
 from toolchain.hashing import sha256_file
-from toolchain.train import (EVAL_SUBSET_SEED, TrainConfig, TrainProgress, evaluate_checkpoint,
+from toolchain.training.loop import (EVAL_SUBSET_SEED, TrainConfig, TrainProgress, evaluate_checkpoint,
                              resumed_config, train_model)
 
 

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from tests.fixtures.data import assert_clear_error
 from toolchain.errors import UsageError
-from toolchain.optim import OPTIMIZERS, AdaBound, build_optimizer, optimizer_arguments
+from toolchain.training.optim import OPTIMIZERS, AdaBound, build_optimizer, optimizer_arguments
 
 NAMES = ["SGD", "Adam", "Adamax", "Adagrad", "Adadelta", "ASGD", "RMSprop", "Rprop", "AdaBound"]
 

@@ -11,16 +11,16 @@ The id is the first 16 hex digits of the sha256 of the canonical JSON of every i
 checkpoint sha256, dataset, export and quantization settings, calibration and eval-set definitions,
 toolchain version): the same inputs find the same folder and no work is done. A folder is built in
 a staging directory inside the store and renamed into place complete, manifest last; a failed run
-leaves nothing behind. No torch or onnx imports here.
+leaves nothing behind, and one a killed run left is swept by the next. One loader (`load_artifact`)
+checks a folder's files against its manifest for the store, deploy and bench. No torch or onnx imports here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,24 +28,29 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from toolchain.errors import ArtifactError
-from toolchain.fsutil import ensure_writable_dir
+from toolchain.errors import ArtifactError, UsageError
+from toolchain.fsutil import staging_folder, sweep_stale_staging
 from toolchain.hashing import sha256_file, sha256_json
+from toolchain.manifest import (ARTIFACT_FILES, EVALSET_NAME, FP32_NAME, INT8_NAME, MANIFEST_NAME, Manifest,
+                                read_manifest)
 
-MANIFEST_SCHEMA = "toolchain.manifest/1"
-MANIFEST_NAME = "manifest.json"
-FP32_NAME = "model.fp32.onnx"
-INT8_NAME = "model.int8.onnx"
-EVALSET_NAME = "evalset.npz"
+__all__ = ["ARTIFACT_FILES", "BENCH_DIR", "EVALSET_NAME", "FP32_NAME", "INT8_NAME", "MANIFEST_NAME", "Artifact",
+           "ArtifactFile", "ArtifactStore", "artifact_id", "file_record", "is_artifact_id", "load_artifact",
+           "read_evalset", "read_manifest", "utc_now", "write_evalset"]
+
 BENCH_DIR = "bench"
 ID_LENGTH = 16
-ARTIFACT_FILES = (FP32_NAME, INT8_NAME, EVALSET_NAME)
-_STAGING_PREFIX = ".staging-"
+ARTIFACT_ID = re.compile(rf"^[0-9a-f]{{{ID_LENGTH}}}$")
 
 
 def artifact_id(inputs: dict[str, Any]) -> str:
     """First 16 hex digits of the sha256 of the inputs' canonical JSON."""
     return sha256_json(inputs)[:ID_LENGTH]
+
+
+def is_artifact_id(text: str) -> bool:
+    """Whether ``text`` is an artifact id (16 lower-case hex digits): the one validator."""
+    return bool(ARTIFACT_ID.match(text))
 
 
 def file_record(path: Path) -> dict[str, Any]:
@@ -55,22 +60,6 @@ def file_record(path: Path) -> dict[str, Any]:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of an artifact folder, checked for our schema."""
-    path = folder / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text())
-    except OSError:
-        raise ArtifactError(f"{folder} is not an artifact folder (no {MANIFEST_NAME})",
-                            "pass a folder made by `toolchain export` or `toolchain quantize`") from None
-    except ValueError as exc:
-        raise ArtifactError(f"{path} is not valid JSON: {exc}", "delete the folder and rerun the export") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
-        raise ArtifactError(f"{path} is not a {MANIFEST_SCHEMA} manifest",
-                            "delete the folder and rerun the export with this version of toolchain")
-    return manifest
 
 
 def write_evalset(path: Path, images: np.ndarray, labels: np.ndarray, pred_fp32: np.ndarray,
@@ -90,6 +79,65 @@ def read_evalset(path: Path) -> dict[str, np.ndarray]:
 
 
 @dataclass(frozen=True)
+class ArtifactFile:
+    """A file of an artifact with the hash it was checked to have."""
+
+    name: str
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact folder whose files were checked against its manifest."""
+
+    directory: Path
+    manifest: Manifest
+    files: tuple[ArtifactFile, ...]
+
+    @property
+    def artifact_id(self) -> str:
+        return self.manifest.artifact_id
+
+    @property
+    def model(self) -> str:
+        return self.manifest.model
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(item.size for item in self.files)
+
+
+def load_artifact(directory: Path) -> Artifact:
+    """Read an artifact folder's manifest and check every listed file against its recorded sha256.
+
+    The manifest itself is listed last among the files (deploy ships it beside the models).
+    """
+    directory = directory.parent if directory.name == MANIFEST_NAME else directory
+    manifest = read_manifest(directory)
+    path = directory / MANIFEST_NAME
+    if not is_artifact_id(manifest.artifact_id):
+        raise ArtifactError(f"{path}: artifact_id {manifest.artifact_id!r} is not {ID_LENGTH} hex characters",
+                            "re-create the artifact (toolchain export)")
+    missing = [name for name in ARTIFACT_FILES if name not in manifest.files]
+    if missing:
+        raise ArtifactError(f"{path} lists no {', '.join(missing)}", "re-create the artifact (toolchain export)")
+    files = []
+    for name, record in sorted(manifest.files.items()):
+        file_path = directory / name
+        if "/" in name or not file_path.is_file():
+            raise ArtifactError(f"artifact file {file_path} is missing", "re-create the artifact (toolchain export)")
+        digest = sha256_file(file_path)
+        if digest != record.sha256:
+            raise ArtifactError(f"{file_path} changed since the artifact was made (sha256 differs from "
+                                f"{MANIFEST_NAME})", "re-create the artifact instead of editing its files")
+        files.append(ArtifactFile(name, file_path, digest, file_path.stat().st_size))
+    files.append(ArtifactFile(MANIFEST_NAME, path, sha256_file(path), path.stat().st_size))
+    return Artifact(directory, manifest, tuple(files))
+
+
+@dataclass(frozen=True)
 class ArtifactStore:
     """Artifact folders under one root (``artifacts/`` by default)."""
 
@@ -99,18 +147,13 @@ class ArtifactStore:
         return self.root / model / identifier
 
     def find(self, model: str, identifier: str) -> Path | None:
-        """The complete folder for these inputs, if one was made before."""
+        """The complete, intact folder for these inputs, if one was made before."""
         folder = self.folder(model, identifier)
         try:
-            manifest = read_manifest(folder)
+            artifact = load_artifact(folder)
         except ArtifactError:
             return None
-        files = manifest.get("files") or {}
-        if manifest.get("artifact_id") != identifier or not set(ARTIFACT_FILES) <= set(files):
-            return None
-        intact = all((folder / name).is_file() and sha256_file(folder / name) == record.get("sha256")
-                     for name, record in files.items())
-        return folder if intact else None
+        return folder if artifact.artifact_id == identifier else None
 
     def latest(self, model: str) -> Path:
         """The newest complete artifact of a model (by the manifest's creation time)."""
@@ -118,7 +161,7 @@ class ArtifactStore:
         for manifest_path in (self.root / model).glob(f"*/{MANIFEST_NAME}"):
             with contextlib.suppress(ArtifactError):
                 manifest = read_manifest(manifest_path.parent)
-                found.append((str(manifest.get("created", "")), manifest_path.parent.name, manifest_path.parent))
+                found.append((manifest.created, manifest_path.parent.name, manifest_path.parent))
         if not found:
             raise ArtifactError(f"no artifact of {model} in {self.root}",
                                 f"make one: toolchain export --model {model}")
@@ -136,18 +179,13 @@ class ArtifactStore:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A fresh folder inside the store to build an artifact in; removed if the block fails."""
+        """A fresh folder inside the store to build an artifact in; removed (with a store made for it) on failure."""
         existed = self.root.exists()
-        ensure_writable_dir(self.root, "artifact folder")
+        sweep_stale_staging(self.root)
         try:
-            folder = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.root))
-        except OSError as exc:
-            raise ArtifactError(f"cannot write to the artifact folder {self.root}: {exc.strerror or exc}",
-                                "choose a folder you can write to (--artifacts)") from None
-        try:
-            yield folder
+            with staging_folder(self.root) as folder:
+                yield folder
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
             if not existed:
                 with contextlib.suppress(OSError):
                     self.root.rmdir()  # only if still empty: the store was created for this run
@@ -155,6 +193,8 @@ class ArtifactStore:
 
     def publish(self, staging: Path, model: str, identifier: str) -> Path:
         """Move a complete staging folder to its final name (a concurrent twin wins if it was first)."""
+        if not ARTIFACT_ID.match(identifier) or "/" in model or model.startswith("."):
+            raise UsageError(f"cannot store artifact {model}/{identifier}", "model names are [a-z0-9._-]")
         final = self.folder(model, identifier)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists() and self.find(model, identifier) is None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from toolchain.errors import ArtifactError
 
@@ -49,3 +51,48 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_json(path: Path, value: Any) -> None:
     """JSON (indented, sorted keys) written atomically."""
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+STAGING_PREFIX = ".staging-"
+
+
+@contextlib.contextmanager
+def staging_folder(root: Path) -> Iterator[Path]:
+    """A fresh folder inside ``root`` to build a result in, named after this process; removed if the block fails.
+
+    A process killed before it could clean up leaves its folder behind: `sweep_stale_staging` removes
+    those whose process is gone.
+    """
+    ensure_writable_dir(root, "artifact folder")
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root))
+    except OSError as exc:
+        raise ArtifactError(f"cannot write to {root}: {exc.strerror or exc}",
+                            "choose a folder you can write to (--artifacts)") from None
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def sweep_stale_staging(root: Path) -> list[Path]:
+    """Remove staging folders under ``root`` left by processes of this machine that no longer run."""
+    removed = []
+    for folder in root.glob(f"{STAGING_PREFIX}*") if root.is_dir() else ():
+        pid_text = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -14,11 +14,11 @@ import typer
 from toolchain.cli.options import (DEFAULT_ARTIFACTS, ArtifactsOption, CheckpointOption, DataDirOption, JsonOption,
                                    ModelOption, OptionalDatasetOption)
 from toolchain.cli.output import emit_json, info, progress, table
-from toolchain.settings import DEFAULT_ATOL, DEFAULT_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, ExportSettings, QuantSettings
+from toolchain.pipeline.config import DEFAULT_ATOL, DEFAULT_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, ExportSettings, QuantSettings
 
 if TYPE_CHECKING:
     from toolchain.pipeline import ExportRequest, PipelineResult
-    from toolchain.train import TrainProgress
+    from toolchain.training.loop import TrainProgress
 
 CalibrationOption = Annotated[Optional[str], typer.Option(
     "--calibration", help="Calibration set: a name under calibration/ (default: the dataset's), a .toml "
@@ -59,7 +59,7 @@ def show_result(result: "PipelineResult", json_output: bool) -> None:
     from toolchain.report import artifact_notes, artifact_table
 
     if json_output:
-        emit_json({**result.manifest, "folder": str(result.folder), "cached": result.cached,
+        emit_json({**result.manifest.to_json(), "folder": str(result.folder), "cached": result.cached,
                    "seconds": result.seconds})
         return
     summary = artifact_table(result.manifest)
@@ -67,7 +67,7 @@ def show_result(result: "PipelineResult", json_output: bool) -> None:
     for line in artifact_notes(result.manifest):
         info(line)
     if result.cached:
-        info(f"cached: inputs unchanged since {result.manifest.get('created')}, no work done "
+        info(f"cached: inputs unchanged since {result.manifest.created}, no work done "
              f"({result.seconds:.2f} s)")
     else:
         info(f"made in {result.seconds:.1f} s")

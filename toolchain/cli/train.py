@@ -17,7 +17,7 @@ from toolchain.cli.output import emit_json, info, progress, table, warn
 from toolchain.errors import UsageError
 
 if TYPE_CHECKING:
-    from toolchain.train import EpochMetrics, TrainPlan, TrainProgress
+    from toolchain.training.loop import EpochMetrics, TrainPlan, TrainProgress
 
 _OPTIMIZER_HELP = ("SGD (default), Adam, Adamax, Adagrad, Adadelta, ASGD, RMSprop, Rprop or AdaBound. "
                    "Default lr: SGD 0.1, Adam 0.001, Adamax 0.002, Adagrad 0.01, Adadelta 1.0, ASGD 0.01, "
@@ -94,7 +94,7 @@ def train(
     json_output: JsonOption = False,
 ) -> None:
     """Train a model (the papers' recipe by default): checkpoint, CSV log and curves per epoch."""
-    from toolchain.train import RESUME_NAME, TrainConfig, option_flag, resumed_config, train_model
+    from toolchain.training.loop import RESUME_NAME, TrainConfig, option_flag, resumed_config, train_model
 
     given: dict[str, Any] = {
         "model": model, "dataset": dataset, "data_dir": data_dir, "epochs": epochs, "batch_size": batch_size,
@@ -172,9 +172,9 @@ def evaluate(
     """Top-1 (top-5 for over 10 classes) of a checkpoint, or of the newest one trained for --model."""
     import torch
 
-    from toolchain.checkpoints import find_latest_checkpoint
+    from toolchain.training.checkpoints import find_latest_checkpoint
     from toolchain.errors import CheckpointError
-    from toolchain.train import evaluate_checkpoint
+    from toolchain.training.loop import evaluate_checkpoint
 
     if checkpoint is None:
         if model is None:

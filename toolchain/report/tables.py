@@ -6,7 +6,12 @@ Every latency is labeled with what measured it (CPU, threads, batch) and emulate
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+from toolchain.manifest import FP32_NAME, INT8_NAME
+
+if TYPE_CHECKING:
+    from toolchain.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -28,43 +33,41 @@ def _speed_words(ratio: float) -> str:
     return f"{ratio:.2f}x slower" if ratio >= 1 else f"{1 / ratio:.2f}x faster"
 
 
-def artifact_table(manifest: dict[str, Any]) -> Table:
+def artifact_table(manifest: "Manifest") -> Table:
     """FP32 vs INT8: top-1 on the eval set, size, node count, quick host latency."""
-    accuracy, files, latency = manifest["accuracy"], manifest["files"], manifest.get("latency", {})
-    nodes = manifest.get("nodes", {})
+    accuracy, latency, nodes = manifest.accuracy, manifest.latency, manifest.nodes
     fp32_nodes = nodes.get("simplified", nodes.get("exported", nodes.get("source")))
     columns = ["variant", "top-1 %", "drop pp", "size KiB", "nodes", "p50 ms", "p90 ms"]
     rows = []
-    for variant, name, node_count in (("fp32", "model.fp32.onnx", fp32_nodes), ("int8", "model.int8.onnx",
-                                                                                 nodes.get("int8"))):
+    for variant, name, node_count in (("fp32", FP32_NAME, fp32_nodes), ("int8", INT8_NAME, nodes.get("int8"))):
         timing = latency.get(variant, {})
-        rows.append([variant, f"{accuracy[variant]['top1']:.2f}",
-                     f"{accuracy['drop_pp']:+.2f}" if variant == "int8" else "", _kib(files[name]["bytes"]),
+        rows.append([variant, f"{accuracy.variant(variant).top1:.2f}",
+                     f"{accuracy.drop_pp:+.2f}" if variant == "int8" else "", _kib(manifest.files[name].bytes),
                      node_count, f"{timing['p50']:.3f}" if timing else "-", f"{timing['p90']:.3f}" if timing else "-"])
-    dataset = manifest.get("dataset", {}).get("name") or "eval set"
-    title = (f"{manifest['model']} {manifest['artifact_id']}: {dataset}, {accuracy['fp32']['count']} eval images; "
+    dataset = manifest.dataset.name or "eval set"
+    title = (f"{manifest.model} {manifest.artifact_id}: {dataset}, {accuracy.fp32.count} eval images; "
              f"latency on {latency.get('cpu', 'this CPU')}, {latency.get('threads', '?')} thread, "
              f"batch {latency.get('batch', '?')}")
     return Table(title, columns, rows, ["top-1 %", "drop pp", "size KiB", "nodes", "p50 ms", "p90 ms"])
 
 
-def artifact_notes(manifest: dict[str, Any]) -> list[str]:
+def artifact_notes(manifest: "Manifest") -> list[str]:
     """The lines under the table: parity, gate, size and speed verdicts."""
-    parity = manifest.get("parity", {})
+    parity = manifest.parity
     measured = ", ".join(f"{key.removesuffix('_max_abs')} {value:.2g}" for key, value in parity.items()
                          if key.endswith("_max_abs"))
     tolerance = parity.get("tolerance", parity.get("atol", 0))
     notes = [f"parity max |d| ({measured}) <= {tolerance:.2g} (atol {parity.get('atol', 0):g} + rtol "
              f"{parity.get('rtol', 0):g} x max |logit|) on {parity.get('images', '?')} eval images"] if measured else []
-    kept = manifest.get("kept_float") or []
-    quantization = manifest.get("quantization", {})
-    notes.append(f"gate: drop {manifest['accuracy']['drop_pp']:+.2f} pp <= {manifest['accuracy']['max_drop_pp']:g} pp"
+    kept = manifest.kept_float
+    notes.append(f"gate: drop {manifest.accuracy.drop_pp:+.2f} pp <= {manifest.accuracy.max_drop_pp:g} pp"
                  + (f"; kept in float: {', '.join(kept)}" if kept else "; every quantizable node is INT8")
-                 + (" (the gate engaged)" if quantization.get("gate_engaged") else ""))
-    sizes = manifest.get("sizes", {})
-    latency = manifest.get("latency", {})
-    if sizes:
-        notes.append(f"INT8 is {sizes['int8_over_fp32']:.2f}x the FP32 file size")
+                 + (" (the gate engaged)" if manifest.quantization.get("gate_engaged") else ""))
+    notes.append(f"INT8 is {manifest.sizes()['int8_over_fp32']:.2f}x the FP32 file size")
+    if manifest.lineage:
+        notes.append("passes: " + " -> ".join(entry["pass"] + (" (cached)" if entry.get("cached") else "")
+                                             for entry in manifest.lineage))
+    latency = manifest.latency
     if latency.get("int8_over_fp32_p50"):
         ratio = latency["int8_over_fp32_p50"]
         notes.append(f"INT8 is {_speed_words(ratio)} than FP32 on this CPU (p50, {latency.get('threads')} thread, "

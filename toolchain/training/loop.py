@@ -15,13 +15,9 @@ The library never prints; progress goes to an optional callback as `TrainProgres
 
 from __future__ import annotations
 
-import csv
-import io
-import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -31,18 +27,16 @@ from torch.nn import functional as F
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import MultiStepLR
 
-from toolchain.checkpoints import CHECKPOINT_NAME, TRAIN_DIR, CheckpointInfo, load_checkpoint, save_checkpoint
+from toolchain.training.checkpoints import CHECKPOINT_NAME, CheckpointInfo, load_checkpoint
 from toolchain.data import ImageDataset, iterate_batches, load_dataset
 from toolchain.errors import CheckpointError, DatasetError, TrainingError, UsageError
-from toolchain.evaluate import Accuracy, accuracy_from_logits, torch_logits
-from toolchain.fsutil import atomic_write_bytes, ensure_writable_dir
+from toolchain.evaluators.accuracy import Accuracy, accuracy_from_logits
+from toolchain.evaluators.reference import torch_logits
+from toolchain.training.runs import (CURVES_NAME, METRICS_NAME, RESUME_NAME, new_run_dir, read_resume, restore,
+                                    resume_file, save_epoch)
 from toolchain.models import resolve
-from toolchain.optim import build_optimizer, optimizer_arguments, optimizer_spec
+from toolchain.training.optim import build_optimizer, optimizer_arguments, optimizer_spec
 
-RESUME_NAME = "resume.pt"
-METRICS_NAME = "metrics.csv"
-CURVES_NAME = "curves.png"
-RESUME_SCHEMA = "toolchain.resume/1"
 # The running loss is read (one sync) about this many times per epoch, not after every batch.
 READS_PER_EPOCH = 100
 # Test subsets (--eval-limit, `evaluate --limit`) are the same random images for every run.
@@ -260,31 +254,6 @@ def _running_stats(loss_sum: torch.Tensor, correct: torch.Tensor, images: int, s
                       images=images, seconds=time.perf_counter() - start)
 
 
-def resume_file(path: Path) -> Path:
-    """The resume.pt a ``--resume`` argument names (the file itself or its run folder)."""
-    path = Path(path)
-    file = path / RESUME_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise TrainingError(f"resume file not found: {file}",
-                            f"pass a run folder written by `toolchain train` (it holds {RESUME_NAME})")
-    return file
-
-
-def read_resume(path: Path) -> dict[str, Any]:
-    """The saved state of an unfinished run (loaded with weights_only=True)."""
-    file = resume_file(path)
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise TrainingError(f"cannot read resume file {file}: {detail}",
-                            "it is damaged; start a new run or resume from another copy") from None
-    if not isinstance(payload, dict) or payload.get("schema") != RESUME_SCHEMA:
-        raise TrainingError(f"{file} is not a toolchain resume file",
-                            f"pass the {RESUME_NAME} of a run folder written by `toolchain train`")
-    return payload
-
-
 def resumed_config(path: Path, **changes: Any) -> TrainConfig:
     """The configuration a resume file was written with, with ``changes`` applied (e.g. threads)."""
     saved = TrainConfig.from_dict(read_resume(path)["config"])
@@ -323,9 +292,9 @@ def _train(config: TrainConfig, saved: dict[str, Any] | None,
     start_epoch = 0
     if saved is not None:
         run_dir = resume_file(config.resume).parent
-        start_epoch = _restore(saved, model, optimizer, scheduler, generator, history, run_dir)
+        start_epoch = restore(saved, model, optimizer, scheduler, generator, history, run_dir)
     else:
-        run_dir = _new_run_dir(config, spec.name)
+        run_dir = new_run_dir(config, spec.name)
     plan = TrainPlan(model=spec.name, dataset=train_set.name, train_images=len(train_set),
                      eval_images=len(test_set), num_classes=train_set.num_classes,
                      in_channels=train_set.channels, start_epoch=start_epoch, epochs=config.epochs,
@@ -363,7 +332,7 @@ def _train(config: TrainConfig, saved: dict[str, Any] | None,
                                test_loss=test_loss, test_top1=accuracy.top1, test_top5=accuracy.top5,
                                seconds=time.perf_counter() - epoch_start, images_per_s=stats.images_per_s)
         history.append(metrics)
-        info = _save_epoch(run_dir, model, optimizer, scheduler, generator, history, config,
+        info = save_epoch(run_dir, model, optimizer, scheduler, generator, history, config,
                            spec.name, train_set, training_record)
         eta = (config.epochs - epoch) * metrics.seconds
         emit(TrainProgress(epoch, config.epochs, batches, batches, stats.loss, stats.accuracy,
@@ -478,106 +447,3 @@ def _load_data(config: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
                            f"{train_set.channels}", "both splits must hold the same classes and image kind")
     # Evaluate with the training normalisation (an image folder's test split has its own statistics).
     return train_set, replace(test_set, mean=train_set.mean, std=train_set.std)
-
-
-def _new_run_dir(config: TrainConfig, model_name: str) -> Path:
-    if config.run_dir is not None:
-        run_dir = ensure_writable_dir(Path(config.run_dir), "run folder")
-        if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / RESUME_NAME).exists():
-            raise TrainingError(f"run folder {run_dir} already holds a training run",
-                                f"continue it with --resume {run_dir}, or pick another --run-dir")
-        return run_dir
-    parent = ensure_writable_dir(Path(config.artifacts) / TRAIN_DIR / model_name / config.dataset,
-                                 "artifacts folder")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for attempt in itertools.count(1):
-        candidate = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
-
-
-def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Optimizer, scheduler: MultiStepLR,
-             generator: torch.Generator, history: list[EpochMetrics], run_dir: Path) -> int:
-    epoch, epochs = int(saved["epoch"]), int(saved["config"]["epochs"])
-    if epoch >= epochs:
-        raise TrainingError(f"the run in {run_dir} already finished ({epoch} of {epochs} epochs)",
-                            f"nothing to resume: evaluate {run_dir / CHECKPOINT_NAME} or start a new run")
-    try:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        history.extend(EpochMetrics(**row) for row in saved["history"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise TrainingError(f"resume file in {run_dir} does not fit this run: {str(exc).splitlines()[0]}",
-                            "it was written by another version of the model; start a new run") from None
-    return epoch
-
-
-def _save_epoch(run_dir: Path, model: nn.Module, optimizer: Optimizer, scheduler: MultiStepLR,
-                generator: torch.Generator, history: list[EpochMetrics], config: TrainConfig,
-                model_name: str, train_set: ImageDataset, training_record: dict[str, Any]) -> CheckpointInfo:
-    """Checkpoint + sidecar, CSV, curves, then the resume file: each atomic, so an interruption leaves
-    the previous epoch's files valid (and a resume at worst repeats the interrupted epoch)."""
-    last = history[-1]
-    best = max(history, key=lambda m: m.test_top1)
-    metrics = {key: value for key, value in asdict(last).items() if key != "epoch" and value is not None}
-    metrics.update(best_test_top1=best.test_top1, best_epoch=best.epoch)
-    info = CheckpointInfo(model=model_name, dataset=train_set.name, num_classes=train_set.num_classes,
-                          in_channels=train_set.channels, input_size=train_set.image_size[0],
-                          class_names=list(train_set.class_names), mean=list(train_set.mean),
-                          std=list(train_set.std), epoch=last.epoch, epochs=config.epochs, metrics=metrics,
-                          training=training_record)
-    info = save_checkpoint(model, info, run_dir / CHECKPOINT_NAME)
-    atomic_write_bytes(run_dir / METRICS_NAME, _metrics_csv(history, top5=train_set.num_classes > 10))
-    atomic_write_bytes(run_dir / CURVES_NAME, _curves_png(history, f"{model_name} on {train_set.name}"))
-    state = {"schema": RESUME_SCHEMA, "config": config.to_dict(), "epoch": last.epoch,
-             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-             "torch_rng": torch.get_rng_state(), "history": [asdict(m) for m in history],
-             "checkpoint_sha256": info.sha256}
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(run_dir / RESUME_NAME, buffer.getvalue())
-    return info
-
-
-def _metrics_csv(history: list[EpochMetrics], top5: bool) -> bytes:
-    columns = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_top1"]
-    columns += ["test_top5"] if top5 else []
-    columns += ["seconds", "images_per_s"]
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(columns)
-    for row in history:
-        values = asdict(row)
-        writer.writerow([values["epoch"], f"{values['lr']:.6g}"]
-                        + [f"{values[c]:.4f}" for c in columns[2:-2]]
-                        + [f"{values['seconds']:.2f}", f"{values['images_per_s']:.1f}"])
-    return text.getvalue().encode()
-
-
-def _curves_png(history: list[EpochMetrics], title: str) -> bytes:
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
-
-    epochs = [m.epoch for m in history]
-    figure = Figure(figsize=(10, 4), dpi=100, layout="tight")
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
-    loss_axes.plot(epochs, [m.train_loss for m in history], marker=".", label="train")
-    loss_axes.plot(epochs, [m.test_loss for m in history], marker=".", label="test")
-    loss_axes.set(title=f"{title}: loss", xlabel="epoch", ylabel="cross-entropy")
-    accuracy_axes.plot(epochs, [m.train_acc for m in history], marker=".", label="train")
-    accuracy_axes.plot(epochs, [m.test_top1 for m in history], marker=".", label="test top-1")
-    if history[-1].test_top5 is not None:
-        accuracy_axes.plot(epochs, [m.test_top5 for m in history], marker=".", label="test top-5")
-    accuracy_axes.set(title=f"{title}: accuracy", xlabel="epoch", ylabel="%")
-    for axes in (loss_axes, accuracy_axes):
-        axes.grid(alpha=0.3)
-        axes.legend()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()

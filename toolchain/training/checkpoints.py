@@ -18,15 +18,18 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
 
 from toolchain.errors import CheckpointError
 from toolchain.fsutil import atomic_write_bytes, atomic_write_json
 from toolchain.hashing import sha256_file
-from toolchain.models import ModelSpec, resolve
+
+if TYPE_CHECKING:  # torch only where weights are read or written: finding a checkpoint needs none
+    import torch
+    from torch import nn
+
+    from toolchain.models import ModelSpec
 
 SCHEMA = "toolchain.checkpoint/1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -69,8 +72,8 @@ class CheckpointInfo:
 class LoadedCheckpoint:
     """A model with its weights loaded, and what is known about it."""
 
-    model: nn.Module
-    spec: ModelSpec
+    model: "nn.Module"
+    spec: "ModelSpec"
     path: Path
     sha256: str
     info: CheckpointInfo | None
@@ -80,8 +83,10 @@ def sidecar_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".json")
 
 
-def save_checkpoint(model: nn.Module, info: CheckpointInfo, path: Path) -> CheckpointInfo:
+def save_checkpoint(model: "nn.Module", info: CheckpointInfo, path: Path) -> CheckpointInfo:
     """Write ``state_dict`` and sidecar atomically; returns the info with sha256 filled in."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -108,8 +113,10 @@ def read_info(checkpoint: Path) -> CheckpointInfo | None:
     return CheckpointInfo.from_dict(data)
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     """The tensors of a checkpoint file, unwrapped from common containers."""
+    import torch
+
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}",
                               "pass a .pt file written by `toolchain train` or torch.save(state_dict)")
@@ -133,7 +140,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _infer_shape_options(state: dict[str, torch.Tensor]) -> tuple[int, int]:
+def _infer_shape_options(state: dict[str, "torch.Tensor"]) -> tuple[int, int]:
     """(num_classes, in_channels) read off the first conv and the last weight matrix."""
     convs = [v for v in state.values() if v.dim() == 4]
     heads = [v for k, v in state.items() if k.endswith("weight") and v.dim() in (2, 4)]
@@ -143,7 +150,7 @@ def _infer_shape_options(state: dict[str, torch.Tensor]) -> tuple[int, int]:
     return int(heads[-1].shape[0]), int(convs[0].shape[1])
 
 
-def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str | None:
+def describe_mismatch(expected: dict[str, "torch.Tensor"], found: dict[str, "torch.Tensor"]) -> str | None:
     """A one-line description of the first keys/shapes that differ, or None if they fit."""
     problems = []
     for key, tensor in expected.items():
@@ -160,6 +167,8 @@ def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.
 
 def load_checkpoint(path: Path, model_name: str | None = None) -> LoadedCheckpoint:
     """Build the checkpoint's model and load its weights, or explain why they do not fit."""
+    from toolchain.models import resolve
+
     path = Path(path)
     state = read_state_dict(path)
     info = read_info(path)
@@ -196,7 +205,11 @@ def find_latest_checkpoint(artifacts: Path, model: str, dataset: str) -> Path | 
     A run that finished all its epochs wins over a newer one that stopped early (interrupted, or still
     running); with only unfinished runs, the newest of them (its sidecar says which epoch it reached).
     """
-    folder = Path(artifacts) / TRAIN_DIR / resolve(model).name / dataset
+    folder = Path(artifacts) / TRAIN_DIR / model / dataset
+    if not folder.is_dir():  # runs are filed under the registry's spelling of the name: torch only to find it
+        from toolchain.models import resolve
+
+        folder = Path(artifacts) / TRAIN_DIR / resolve(model).name / dataset
     candidates = []
     for sidecar in folder.glob(f"*/{Path(CHECKPOINT_NAME).stem}.json"):
         checkpoint = sidecar.with_suffix(".pt")

@@ -34,7 +34,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-CALIBRATION_DIR = Path(__file__).resolve().parents[1] / "calibration"
+CALIBRATION_DIR = Path(__file__).resolve().parents[2] / "calibration"
 PREPROCESSING = ("normalize", "scale")
 EVAL_SPLIT = "test"
 DEFAULT_EVAL_COUNT = 500

@@ -1,4 +1,4 @@
-"""Stage 1: torch -> ONNX, checked by onnx.checker and by parity with torch on real images.
+"""torch -> ONNX, checked by onnx.checker (parity with torch on real images is the runner's check).
 
 Two exporters: the TorchScript one (``dynamo=False``, the default: ~0.15 s, exact at opsets 7-18, but
 deprecated by PyTorch and warning about it) and the dynamo one (~3-5 s, needs onnxscript, may write
@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from toolchain.errors import ExportError, ParityError
-from toolchain.settings import DEFAULT_OPSET, ExportSettings
+from toolchain.errors import ExportError
+from toolchain.pipeline.config import DEFAULT_OPSET, ExportSettings
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -89,36 +88,3 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, opset: int =
     onnx.save(exported, str(path))
     return ExportResult(path=path, opset=found, exporter=exporter, nodes=len(exported.graph.node),
                         seconds=time.perf_counter() - started)
-
-
-def max_abs_diff(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """max |reference - candidate| over all outputs (inf if the shapes differ)."""
-    if reference.shape != candidate.shape:
-        return float("inf")
-    return float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
-
-
-def parity_tolerance(reference: np.ndarray, atol: float, rtol: float) -> float:
-    """The largest max |d| parity accepts: atol + rtol x the largest |logit| of the reference."""
-    return atol + rtol * _largest_logit(reference)
-
-
-def _largest_logit(reference: np.ndarray) -> float:
-    return float(np.max(np.abs(reference))) if reference.size else 0.0
-
-
-def check_parity(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float, what: str) -> float:
-    """The measured max |d| between two stages' logits, or a ParityError showing it."""
-    diff = max_abs_diff(reference, candidate)
-    tolerance = parity_tolerance(reference, atol, rtol)
-    if not diff <= tolerance:
-        shown = "shapes differ" if diff == float("inf") else f"max |d| = {diff:.3g}"
-        largest = _largest_logit(reference)
-        hint = ("check the model for ops that export differently (or loosen --atol/--rtol if the difference is "
-                "acceptable)")
-        if largest > 1e4:  # float32 rounding of huge intermediate values, not a wrong op
-            hint = (f"logits reach {largest:.3g}: the model is numerically ill-conditioned (e.g. BatchNorm channels "
-                    "with near-zero variance after brief training); train longer, or pass --rtol 1e-4")
-        raise ParityError(f"{what}: {shown} on {len(reference)} eval images, above the tolerance {tolerance:.3g} "
-                          f"(--atol {atol:g} + --rtol {rtol:g} x max |logit| {largest:.3g})", hint)
-    return diff

@@ -23,10 +23,8 @@ DEFAULT_ATOL = 1e-4
 # differs by ~1e2 after export for rounding alone, while the usual logits of ~10 gain only 1e-5.
 DEFAULT_RTOL = 1e-6
 
-# What the simplify stage does to a graph; hashed into the artifact id, so a changed pass makes new artifacts.
-SIMPLIFY_PASSES = ("onnxsim", "fold-batchnorm-after-relu")
-# What the quantize stage does after onnxruntime.quantization (hashed the same way).
-QUANTIZE_PASSES = ("per-axis-dequantize-before-float-nodes",)
+# the QuantSettings fields the gate pass uses (the quantize pass hashes the others)
+GATE_FIELDS = frozenset({"max_drop", "max_kept_float"})
 
 METHODS = ("minmax", "entropy", "percentile")
 FORMATS = ("qdq", "qoperator")

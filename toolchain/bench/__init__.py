@@ -1,0 +1,1 @@
+"""TEMPORARY shim until the bench system lands (merge)."""

@@ -1,0 +1,1 @@
+"""ONNX graphs: classifier I/O and metadata, exact rewrites (BatchNorm after ReLU), Q/DQ surgery."""

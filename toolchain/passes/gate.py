@@ -1,0 +1,91 @@
+"""The gate pass: INT8 top-1 on the eval set against FP32's, and the float nodes that bring it within the gate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from toolchain.pipeline.config import GATE_FIELDS, QuantSettings
+from toolchain.pipeline.passes import ModelRecord, Pass, register_pass
+
+if TYPE_CHECKING:
+    from toolchain.pipeline.context import PassContext
+    from toolchain.quantization.gate import GateSearch
+
+PREDICTIONS_NAME = "predictions.npz"
+
+
+@register_pass
+class GatePass(Pass):
+    """``config`` is the run's resolved `QuantSettings` (the same the quantize pass had); hashed: the gate fields."""
+
+    name = "gate"
+
+    def config_record(self) -> dict[str, Any]:
+        return {key: value for key, value in self.config.to_dict().items() if key in GATE_FIELDS}
+
+    def run(self, record: ModelRecord, context: "PassContext", folder: Path) -> ModelRecord:
+        import numpy as np
+
+        from toolchain.evaluators.accuracy import accuracy_from_logits, onnx_logits
+        from toolchain.graph.model import compact_names
+        from toolchain.quantization.gate import GateSearch
+
+        started = time.perf_counter()
+        settings: QuantSettings = self.config
+        evaluation = context.evaluation
+        if evaluation.labels is None:
+            from toolchain.errors import QuantizationError
+
+            raise QuantizationError("the eval set has no labels", "pass an eval set with labels (.npz with 'labels')")
+        fp32_logits = onnx_logits(record.fp32, evaluation.images)
+        fp32 = accuracy_from_logits(fp32_logits, evaluation.labels)
+        scratch = context.scratch / "gate"
+        scratch.mkdir(exist_ok=True)
+        search = GateSearch(record.files["prepared"], record.files["calibration_cache"], settings, evaluation.images,
+                            evaluation.labels, fp32.top1, scratch, context.on_message)
+        search.attempts[0] = (search.measure((), record.int8), record.int8)
+        chosen, ranking, candidates = self._search(search, record, context)
+        step, path = search.attempts[chosen]
+        compact_names(path)
+        shipped = folder / "model.int8.onnx"
+        shipped.write_bytes(path.read_bytes())
+        int8_logits = onnx_logits(shipped, evaluation.images)  # the shipped file's own answers
+        int8 = accuracy_from_logits(int8_logits, evaluation.labels)
+        predictions = folder / PREDICTIONS_NAME
+        np.savez(predictions, fp32=fp32_logits.argmax(axis=1), int8=int8_logits.argmax(axis=1))
+        drop = round(fp32.top1 - int8.top1, 4)
+        gate = {"fp32_top1": fp32.top1, "int8_top1": int8.top1, "drop_pp": drop, "max_drop_pp": settings.max_drop,
+                "eval_count": int(len(evaluation.labels)), "gate_engaged": len(search.attempts) > 1,
+                "kept_float": list(step.kept_float), "excluded_by_user": list(settings.exclude_nodes),
+                "quantizable_nodes": candidates, "steps": [item.to_dict() for item in search.steps()],
+                "sensitivity": [score.to_dict() for score in ranking[:max(10, len(step.kept_float))]],
+                "seconds": time.perf_counter() - started}
+        return replace(record, int8=shipped).with_files(predictions=predictions).with_notes(
+            quantization=gate, accuracy={"fp32": fp32.to_dict(), "int8": int8.to_dict(), "drop_pp": drop,
+                                         "max_drop_pp": settings.max_drop})
+
+    def _search(self, search: "GateSearch", record: ModelRecord, context: "PassContext") -> tuple[int, list, int]:
+        """(how many ranked nodes to keep in float, the ranking, how many nodes INT8 quantizes)."""
+        import onnx
+
+        from toolchain.graph.qdq import quantizable_nodes
+        from toolchain.quantization.gate import SENSITIVITY_IMAGES, kept_float_limit
+        from toolchain.quantization.ort import quantize_static_int8
+        from toolchain.quantization.sensitivity import score_nodes
+
+        settings: QuantSettings = self.config
+        prepared, cache = record.files["prepared"], record.files["calibration_cache"]
+        twin = quantize_static_int8(prepared, search.scratch / "twin.qdq.onnx", settings, cache, quant_format="qdq")
+        candidates = len(quantizable_nodes(onnx.load(str(twin))))
+        first = search.attempts[0][0]
+        if first.drop_pp <= settings.max_drop:
+            return 0, [], candidates
+        limit = kept_float_limit(settings, candidates)
+        context.on_message(f"drop {first.drop_pp:.2f} pp exceeds --max-drop {settings.max_drop:g}: scoring "
+                           f"{candidates} quantized nodes, keeping at most {limit} in float")
+        ranking = score_nodes(prepared, twin, context.calibration.images[:SENSITIVITY_IMAGES], record.input_name)
+        names = tuple(score.node for score in ranking)
+        return search.smallest_passing(names, min(limit, len(names)), candidates), ranking, candidates
