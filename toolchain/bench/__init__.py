@@ -1,1 +1,0 @@
-"""TEMPORARY shim until the bench system lands (merge)."""
