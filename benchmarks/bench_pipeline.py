@@ -56,10 +56,13 @@ from toolchain.fsutil import atomic_write_json
 from toolchain.hashing import sha256_file
 from toolchain.pipeline import QUICK_TRAIN, stack_versions
 from toolchain.quantize import quantize_with_gate
-from toolchain.remote.agent.bench_agent import (batches_of, latency_summary, open_session, target_facts,
-                                                timed_runs)
+from toolchain.remote.agent_package import AGENT_DIR
 from toolchain.settings import QuantSettings
 from toolchain.train import TrainConfig, train_model
+
+# the agent's own timed loop, imported as on the target (its folder on sys.path; the host package never does)
+sys.path.insert(0, str(AGENT_DIR))
+from bench_agent import batches_of, latency_summary, open_session, target_facts, timed_runs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "pipeline.json"
