@@ -51,15 +51,18 @@ from toolchain import __version__
 from toolchain.artifacts import EVALSET_NAME, FP32_NAME, INT8_NAME, read_evalset, read_manifest
 from toolchain.data.imagesets import (ImageSet, ImageSetDefinition, load_definition, load_image_set,
                                    resolve_calibration_arg)
-from toolchain.evaluate import accuracy_from_logits, onnx_logits
+from toolchain.evaluators.accuracy import accuracy_from_logits, onnx_logits
 from toolchain.fsutil import atomic_write_json
 from toolchain.hashing import sha256_file
 from toolchain.pipeline import QUICK_TRAIN, stack_versions
-from toolchain.quantize import quantize_with_gate
-from toolchain.remote.agent.bench_agent import (batches_of, latency_summary, open_session, target_facts,
-                                                timed_runs)
+from toolchain.pipeline import quantize_with_gate
+from toolchain.remote.agent_package import AGENT_DIR
 from toolchain.pipeline.config import QuantSettings
 from toolchain.training.loop import TrainConfig, train_model
+
+# the agent's own timed loop, imported as on the target (its folder on sys.path; the host package never does)
+sys.path.insert(0, str(AGENT_DIR))
+from bench_agent import batches_of, latency_summary, open_session, target_facts, timed_runs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = REPO / "benchmarks" / "results" / "pipeline.json"
@@ -386,7 +389,7 @@ def quantize_flavours(folder: Path, manifest: dict[str, Any], scratch: Path
         name = flavour_name(quant_format, activation_type)
         settings = replace(QuantSettings(), format=quant_format, activation_type=activation_type, max_drop=GATE_OFF)
         started = time.perf_counter()
-        result = quantize_with_gate(fp32, scratch / f"{name}.onnx", settings, calibration, evaluation, fp32_logits,
+        result = quantize_with_gate(fp32, scratch / f"{name}.onnx", settings, calibration, evaluation,
                                     manifest["input"]["name"])
         models[name] = result.path
         record[name] = {"format": quant_format, "activation_type": activation_type,

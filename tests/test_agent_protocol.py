@@ -1,5 +1,5 @@
-"""The benchmark agent: one standalone Python 3.5 file that times an artifact's models, the same on
-host and target, and speaks a line protocol (PROGRESS / ERROR) and a versioned JSON schema."""
+"""The benchmark agent: a Python 3.5 script of the target-side package that times an artifact's models, the
+same on host and target, and speaks a line protocol (PROGRESS / ERROR) and a versioned JSON schema."""
 
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from toolchain.benchmark import (AGENT_PATH, BenchSettings, agent_command, agreement, host_predictions,
-                                 validate_result)
+from tests.fixtures.agent import agent_module
+from toolchain.bench.results import agreement, host_predictions, validate_result
+from toolchain.bench.settings import BenchSettings
+from toolchain.bench.system import agent_command
 from toolchain.hashing import sha256_file
-from toolchain.remote.agent import bench_agent
+from toolchain.remote.agent_package import AGENT_DIR, BENCH_AGENT, SHIPPED
+
+AGENT_PATH = AGENT_DIR / BENCH_AGENT
 
 QUICK = BenchSettings(threads=(1, 2), batch=1, warmup=3, runs=20)
 
@@ -120,13 +124,15 @@ def test_agent_reports_an_eval_set_that_does_not_fit(hps_artifact, tmp_path):
 
 def test_agent_names_arm_cores_from_cpuinfo(monkeypatch):
     cpuinfo = "processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU part\t: 0xd08\n"
-    monkeypatch.setattr(bench_agent, "read_text", lambda path: cpuinfo if path == "/proc/cpuinfo" else "")
-    assert bench_agent.cpu_model() == "Cortex-A72"
+    common = agent_module("common")
+    monkeypatch.setattr(common, "read_text", lambda path: cpuinfo if path == "/proc/cpuinfo" else "")
+    assert common.cpu_model() == "Cortex-A72"
 
 
 def test_agent_runs_from_a_copy_outside_the_package(hps_artifact, tmp_path):
-    copy = tmp_path / "bench_agent.py"
-    shutil.copy(AGENT_PATH, copy)  # as deploy ships it: one file, no package around it
+    for name in SHIPPED:  # as the target gets it: the package's files in one folder, nothing around them
+        shutil.copy(AGENT_DIR / name, tmp_path / name)
+    copy = tmp_path / BENCH_AGENT
     output = tmp_path / "result.json"
     done = run_agent(agent_command(sys.executable, copy, {"int8": hps_artifact.folder / "model.int8.onnx"},
                                    BenchSettings(threads=(1,), warmup=0, runs=3), output,

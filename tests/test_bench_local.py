@@ -12,7 +12,9 @@ import pytest
 
 from tests.fixtures.data import assert_clear_error
 from tests.test_cli_train import assert_one_line_error, toolchain  # noqa: F401  (fixture)
-from toolchain.benchmark import BenchSettings, agent_command, bench_local, parse_threads, validate_result
+from toolchain.bench.results import validate_result
+from toolchain.bench.settings import BenchSettings, parse_threads
+from toolchain.bench.system import agent_command, bench_local
 from toolchain.errors import BenchmarkError, UsageError
 
 FAST = ("--threads", "1", "--warmup", "2", "--runs", "10")

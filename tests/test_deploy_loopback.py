@@ -23,19 +23,22 @@ from tests.conftest import require
 from tests.fixtures.deploy import DeployArtifacts, artifact_copy
 from tests.fixtures.sshd import LOOPBACK, FlakyProxy, LoopbackSSHD
 from toolchain.artifacts import BENCH_DIR
-from toolchain.benchmark import BenchSettings, bench_local, validate_result
+from toolchain.bench.results import validate_result
+from toolchain.bench.settings import BenchSettings
+from toolchain.bench.summary import SUMMARY_SCHEMA
+from toolchain.bench.system import bench_local, bench_remote
 from toolchain.errors import (ArtifactError, BenchmarkError, ConnectionDroppedError, DeployError, LockHeldError,
                               ProvisioningError, TargetIncompatibleError)
-from toolchain.remote.bench import SUMMARY_SCHEMA, bench_remote
-from toolchain.remote.deploy import AGENT_NAME, RECEIPT, deploy
-from toolchain.remote.helper import UPLOAD_PREFIX
+from toolchain.remote.agent_package import BENCH_AGENT, UPLOAD_PREFIX
+from toolchain.remote.deploy import RECEIPT, deploy
 from toolchain.remote.provision import WheelIndex
 from toolchain.remote.session import TargetSession
 from toolchain.remote.target import TargetProfile, open_transport
 
 pytestmark = pytest.mark.sshd
 
-SHIPPED = {"model.fp32.onnx", "model.int8.onnx", "evalset.npz", "manifest.json", AGENT_NAME, RECEIPT}
+# the agent is not among them: it is installed once per version in <workdir>/.toolchain (agent_dir)
+SHIPPED = {"model.fp32.onnx", "model.int8.onnx", "evalset.npz", "manifest.json", RECEIPT}
 TOOLCHAIN = str(Path(sys.executable).with_name("toolchain"))
 
 
@@ -199,7 +202,7 @@ def test_connection_dropped_mid_upload_leaves_nothing_half_written(loopback_sshd
 
 def test_a_killed_agent_is_one_clear_error_and_stores_nothing(profile: TargetProfile, artifact: Path) -> None:
     report = deploy(profile, artifact)
-    agent = f"{report.remote_dir}/{AGENT_NAME}"
+    agent = f"{report.agent_dir}/{BENCH_AGENT}"
     killed: list[int] = []
 
     def kill_agent(_event: dict) -> None:

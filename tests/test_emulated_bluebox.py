@@ -18,12 +18,12 @@ from packaging.version import Version
 from tests.fixtures.deploy import DeployArtifacts, artifact_copy
 from tests.fixtures.emulated import EmulatedTarget, emulation_prerequisites
 from toolchain.artifacts import read_manifest
-from toolchain.benchmark import BenchRun, validate_result
-from toolchain.cli.deploy import show_remote_bench
+from toolchain.bench.results import AGREEMENT_THRESHOLD_PCT, BenchRun, validate_result
+from toolchain.bench.system import bench_remote
+from toolchain.cli.common import show_bench
 from toolchain.errors import TargetIncompatibleError
-from toolchain.remote.bench import AGREEMENT_THRESHOLD_PCT, bench_remote
 from toolchain.remote.deploy import artifact_stamp, deploy, load_artifact
-from toolchain.remote.emulated import USER, EmulatedBluebox
+from toolchain.providers.emulated import USER, EmulatedBluebox
 from toolchain.remote.session import TargetSession
 from toolchain.remote.target import TargetProfile, open_transport
 
@@ -75,7 +75,7 @@ def test_deploy_provisions_aarch64_onnxruntime_and_the_bench_agrees_with_the_hos
     assert stored["target"]["emulated"] is True and stored["remote"]["emulated"] is True
     assert stored["target"]["arch"] == "aarch64" and stored["target"]["onnxruntime"] == runtime.onnxruntime
     check_agreement(result, artifact)
-    show_remote_bench(result)
+    show_bench(result)
     assert "EMULATED" in capsys.readouterr().out
 
     assert deploy(profile, artifact).bytes_sent == 0

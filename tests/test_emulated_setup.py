@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from toolchain.errors import EmulatedTargetError
-from toolchain.remote.emulated import FALLBACK_MIRROR, EmulatedBluebox, debian_mirror
+from toolchain.providers.emulated import FALLBACK_MIRROR, EmulatedBluebox, debian_mirror
 
 
 def test_the_mirror_is_the_one_apt_uses_for_the_main_suite(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from toolchain.errors import EmulatedTargetError, TargetConfigError
-from toolchain.remote.target import load_profile, parse_profile, profile_path, resolve_profile
+from toolchain.providers import resolve_profile
+from toolchain.remote.target import load_profile, parse_profile, profile_path
 
 
 def test_bluebox2_profile_describes_the_papers_box() -> None:

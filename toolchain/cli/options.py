@@ -1,11 +1,22 @@
-"""Options shared by several commands, declared once as Annotated aliases."""
+"""Options shared by several commands, declared once as Annotated aliases (and the connection options once
+for every command that connects, through `connects`)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import shlex
+import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
+
+from toolchain.errors import HostKeyUnknownError
+
+if TYPE_CHECKING:
+    from toolchain.remote.target import TargetProfile
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 _MODEL = typer.Option("--model", "-m", help="Model name, e.g. hps-06-0.5x (see `toolchain models`).")
@@ -27,7 +38,7 @@ ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", help="Intra-op threads (default: the library's own choice).", min=1)]
 DEFAULT_ARTIFACTS = Path("artifacts")
 
-# --- target options (deploy, bench --host, target check) ----------------------------------------
+# --- connection options (deploy, bench, target check, target bench) -----------------------------
 TargetOption = Annotated[Optional[str], typer.Option(
     "--target", "-t", help="Target profile: a name under targets/ (bluebox2, emulated) or a target.toml path "
     "(default: bluebox2).", envvar="TOOLCHAIN_TARGET")]
@@ -44,3 +55,69 @@ KnownHostsOption = Annotated[Optional[Path], typer.Option(
 AcceptNewHostKeyOption = Annotated[bool, typer.Option(
     "--accept-new-host-key", help="Trust and record the target's host key if known_hosts has none for it "
     "(like OpenSSH's accept-new); a changed key is still refused.")]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """The connection options of one command line, resolved into a profile in one place."""
+
+    target: str | None = None
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    identity_file: Path | None = None
+    known_hosts: Path | None = None
+    accept_new_host_key: bool = False
+
+    def profile(self, **overrides: Any) -> "TargetProfile":
+        """The profile file (or its provider), ~/.ssh/config, then these flags and `overrides` (None: not given)."""
+        from toolchain.providers import resolve_profile
+
+        return resolve_profile(self.target, host=self.host, port=self.port, user=self.user,
+                               identity_file=self.identity_file, known_hosts=self.known_hosts, **overrides)
+
+
+_CONNECTION_OPTIONS: dict[str, Any] = {
+    "target": TargetOption, "host": HostOption, "port": PortOption, "user": UserOption,
+    "identity_file": IdentityFileOption, "known_hosts": KnownHostsOption,
+    "accept_new_host_key": AcceptNewHostKeyOption}
+
+
+def with_accept_hint(error: HostKeyUnknownError) -> HostKeyUnknownError:
+    """The hint with the exact command line that trusts the key (this command + --accept-new-host-key)."""
+    if Path(sys.argv[0]).name == "toolchain":
+        command = shlex.join(["toolchain", *sys.argv[1:], "--accept-new-host-key"])
+        hint = (error.hint or "").split("; if it matches")[0]
+        return HostKeyUnknownError(error.message, f"{hint}; if it matches, trust it: {command}")
+    return error
+
+
+def connects(target_option: Any = TargetOption,
+             target_default: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command the connection options; it receives them as one `connection: Connection` argument.
+
+    An unknown host key ends with a hint naming the command line that trusts it. `target_option` and
+    `target_default` let a command give --target its own meaning (`toolchain bench`: 'local').
+    """
+    annotations = {**_CONNECTION_OPTIONS, "target": target_option}
+    defaults = {**{item.name: item.default for item in fields(Connection)}, "target": target_default}
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [parameter for name, parameter in signature.parameters.items() if name != "connection"]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                   default=defaults[name]) for name, annotation in annotations.items()]
+
+        @functools.wraps(command)
+        def run(**values: Any) -> Any:
+            connection = Connection(**{name: values.pop(name) for name in annotations})
+            try:
+                return command(connection=connection, **values)
+            except HostKeyUnknownError as error:
+                raise with_accept_hint(error) from None
+
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*own, *added], return_annotation=signature.return_annotation)
+        return run
+
+    return decorate

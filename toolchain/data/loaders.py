@@ -7,11 +7,10 @@ from pathlib import Path
 
 from toolchain.data.base import ImageDataset
 from toolchain.data.cifar import load_cifar10, load_cifar100
-from toolchain.data.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
+from toolchain.data.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT  # noqa: F401 (toolchain.data's)
 from toolchain.data.fashion_mnist import load_fashion_mnist
 from toolchain.data.imagefolder import load_image_folder
 from toolchain.data.synthetic import load_synthetic
-from toolchain.data.transforms import iterate_batches
 from toolchain.errors import DatasetError
 
 DEFAULT_DATASET = "fashion-mnist"

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 def quick_latency(models: Mapping[str, Path], evalset: Path) -> dict[str, Any]:
     """p50/mean/... per model (the agent's latency summary), the CPU, and INT8's p50 over FP32's."""
-    from toolchain.bench.settings import QUICK
+    from toolchain.bench.settings import QUICK_LATENCY as QUICK
     from toolchain.bench.system import measure_files
 
     document = measure_files(models, evalset, QUICK)

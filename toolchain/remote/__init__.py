@@ -1,5 +1,5 @@
-"""The target side: profiles, preflight, provisioning, deploy, remote bench, the emulated Bluebox.
+"""The host's side of a target: profiles, the target session, preflight, provisioning, deploy.
 
-`helper.py` and `agent/` are scripts that run ON the target (Python 3.5+, no package imports);
-everything else runs on the host.
+What runs ON the target is toolchain/agent/ (shipped by `agent_package`, never imported); benchmarking
+is toolchain.bench; the emulated Bluebox is a provider (toolchain.providers).
 """

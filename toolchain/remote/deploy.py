@@ -4,8 +4,9 @@ Remote layout under the profile's workdir:
 
     <workdir>/.lock                        flock held by the running deploy or bench
     <workdir>/runtime/<onnxruntime-...>/   provisioned onnxruntime + numpy (PYTHONPATH for the agent)
+    <workdir>/.toolchain/agent-<sha12>/    the target-side package (helper, benchmark agent), once per version
     <workdir>/<artifact-id>/               model.fp32.onnx, model.int8.onnx, evalset.npz, manifest.json,
-                                           bench_agent.py, deploy.json (written last: the deploy is complete)
+                                           deploy.json (written last: the deploy is complete)
 
 Every file goes to a temporary name, is sha256-checked on the target and renamed into place; files
 already there with the right hash are skipped, so an unchanged redeploy sends 0 bytes.
@@ -22,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from toolchain.artifacts import ARTIFACT_FILES, FP32_NAME, ID_LENGTH, INT8_NAME, MANIFEST_NAME, read_manifest
-from toolchain.benchmark import AGENT_PATH
-from toolchain.errors import ArtifactError, TargetIncompatibleError, ToolchainError
+from toolchain.artifacts import FP32_NAME, INT8_NAME, Artifact, load_artifact
+from toolchain.errors import TargetIncompatibleError
 from toolchain.hashing import sha256_file
 from toolchain.remote.preflight import FAIL, OK, Check, preflight_checks, require_passed
 from toolchain.remote.provision import Runtime, WheelIndex, existing_runtime, provision_runtime
@@ -32,61 +32,12 @@ from toolchain.remote.session import LocalFile, TargetSession, UploadProgress, U
 from toolchain.remote.target import TargetProfile, open_transport
 
 RECEIPT = "deploy.json"
-AGENT_NAME = AGENT_PATH.name
 MODEL_FILES = (FP32_NAME, INT8_NAME)
-_ARTIFACT_ID = re.compile(rf"^[0-9a-f]{{{ID_LENGTH}}}$")
 # the oldest opset onnxruntime supports at all
 _MIN_OPSET = 7
 
 Messages = Callable[[str], None]
 ChecksCallback = Callable[[list[Check]], None]
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """An artifact folder as deploy sees it: its id, model, and the files to ship with their hashes."""
-
-    directory: Path
-    artifact_id: str
-    model: str
-    manifest: dict
-    files: tuple[LocalFile, ...]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(item.size for item in self.files)
-
-
-def load_artifact(directory: Path) -> Artifact:
-    """Read an artifact folder's manifest and check every listed file against its recorded sha256."""
-    directory = directory.parent if directory.name == MANIFEST_NAME else directory
-    manifest = read_manifest(directory)
-    path = directory / MANIFEST_NAME
-    artifact_id = str(manifest.get("artifact_id", ""))
-    if not _ARTIFACT_ID.match(artifact_id):
-        raise ArtifactError(f"{path}: artifact_id {artifact_id!r} is not {ID_LENGTH} hex characters",
-                            "re-create the artifact (toolchain export)")
-    listed = manifest.get("files") or {}
-    missing = [name for name in ARTIFACT_FILES if name not in listed]
-    if missing:
-        raise ArtifactError(f"{path} lists no {', '.join(missing)}", "re-create the artifact (toolchain export)")
-    files = []
-    for name, entry in sorted(listed.items()):
-        file_path = directory / name
-        if "/" in name or not file_path.is_file():
-            raise ArtifactError(f"artifact file {file_path} is missing", "re-create the artifact (toolchain export)")
-        digest = sha256_file(file_path)
-        if digest != entry.get("sha256"):
-            raise ArtifactError(f"{file_path} changed since the artifact was made (sha256 differs from "
-                                f"{MANIFEST_NAME})", "re-create the artifact instead of editing its files")
-        files.append(LocalFile(name, file_path, digest, file_path.stat().st_size))
-    files.append(LocalFile(MANIFEST_NAME, path, sha256_file(path), path.stat().st_size))
-    if not AGENT_PATH.is_file():
-        raise ToolchainError(f"the benchmark agent {AGENT_PATH} is missing from this installation",
-                             "reinstall toolchain (scripts/bootstrap)")
-    files.append(LocalFile(AGENT_NAME, AGENT_PATH, sha256_file(AGENT_PATH), AGENT_PATH.stat().st_size))
-    return Artifact(directory, artifact_id, str(manifest.get("model", directory.parent.name)), manifest,
-                    tuple(files))
 
 
 # --- does the target's runtime load this artifact? --------------------------------------------
@@ -154,8 +105,8 @@ def check_runtime_loads(session: TargetSession, runtime: Runtime, artifact: Arti
         return Check("opset", value, OK, f"onnxruntime {answer['onnxruntime']} loads it")
     loadable = [int(name.split("-")[1]) for name, result in answer["results"].items()
                 if name.startswith("opset-") and result is None]
-    dynamo = artifact.manifest.get("settings", {}).get("export", {}).get("exporter") == "dynamo"
-    foreign = artifact.manifest.get("hash_inputs", {}).get("kind") == "quantize"
+    dynamo = artifact.manifest.exporter == "dynamo"
+    foreign = artifact.manifest.kind == "quantize"
     if loadable and foreign:
         fix = f"export the source model at opset {max(loadable)} or lower, then run `toolchain quantize` on it"
     elif loadable and (max(loadable) < opset or dynamo):
@@ -180,6 +131,7 @@ class DeployReport:
     artifact_id: str
     model: str
     remote_dir: str = ""
+    agent_dir: str = ""
     checks: list[Check] = field(default_factory=list)
     runtime: Runtime | None = None
     upload: UploadResult | None = None
@@ -193,6 +145,7 @@ class DeployReport:
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "profile": self.profile, "emulated": self.emulated,
                 "artifact_id": self.artifact_id, "model": self.model, "remote_dir": self.remote_dir,
+                "agent_dir": self.agent_dir,
                 "checks": [check.to_dict() for check in self.checks],
                 "runtime": self.runtime.to_dict() if self.runtime else None,
                 "files_sent": self.upload.sent if self.upload else [],
@@ -224,8 +177,8 @@ def choose_runtime(session: TargetSession, index: WheelIndex, *, on_message: Mes
                              on_progress=on_progress)
 
 
-def deploy(profile: TargetProfile, artifact_dir: Path, *, clean: bool = False, accept_new_host_key: bool = False,
-           index: WheelIndex | None = None, on_message: Messages = lambda _: None,
+def deploy(profile: TargetProfile, artifact_dir: Path | Artifact, *, clean: bool = False,
+           accept_new_host_key: bool = False, index: WheelIndex | None = None, on_message: Messages = lambda _: None,
            on_checks: ChecksCallback = lambda _: None, on_progress: UploadProgress | None = None) -> DeployReport:
     """Deploy one artifact folder to the profile's target; see the module docstring for what lands where.
 
@@ -254,6 +207,7 @@ def deploy(profile: TargetProfile, artifact_dir: Path, *, clean: bool = False, a
                 raise TargetIncompatibleError(f"{transport.target}: artifact {opset_check.value}: {opset_check.note}",
                                               opset_check.hint)
             report.remote_dir = session.remote_path(artifact.artifact_id)
+            report.agent_dir = session.agent_dir()
             with tempfile.TemporaryDirectory(prefix="toolchain-deploy-") as folder:
                 files = [*artifact.files, _receipt(artifact, report.runtime, profile, Path(folder))]
                 report.upload = session.upload(files, report.remote_dir, what=f"artifact {artifact.artifact_id}",

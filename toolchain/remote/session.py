@@ -1,7 +1,8 @@
 """A working session with one target: its facts, its lock, verified uploads, the helper operations.
 
-Every step on the target goes through `helper.py` (sent with the command, so the target needs nothing
-installed beforehand) and the Transport contract, so this module works the same over SSH and locally.
+Every step on the target goes through the target-side package (toolchain/agent/: installed once per
+version by the bootstrap, then run by path; see toolchain.remote.agent_package) and the Transport
+contract, so this module works the same over SSH and locally.
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ import socket
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from toolchain.artifacts import ArtifactFile
 from toolchain.errors import (CommandFailedError, ConnectionDroppedError, DeployError, LockHeldError, TargetIncompatibleError,
                               TransportError)
-from toolchain.remote.helper import EXIT_BUSY, UPLOAD_PREFIX
+from toolchain.remote.agent_package import (BENCH_AGENT, EXIT_BUSY, HELPER, UPLOAD_PREFIX, agent_package,
+                                            bootstrap_command, stdin_program)
 from toolchain.remote.target import TargetProfile
 from toolchain.transport import Transport
 
-HELPER_PATH = Path(__file__).resolve().parent / "helper.py"
-HELPER_SOURCE = HELPER_PATH.read_text()
 LOCK_NAME = ".lock"
 _MB = 1 << 20
 
@@ -105,14 +105,8 @@ class TargetFacts:
         return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-@dataclass(frozen=True)
-class LocalFile:
-    """A file to place on the target under `name`, with the hash it must arrive with."""
-
-    name: str
-    path: Path
-    sha256: str
-    size: int
+# a file to place on the target under `name`, with the hash it must arrive with
+LocalFile = ArtifactFile
 
 
 @dataclass
@@ -138,23 +132,47 @@ class TargetSession:
         self.transport = transport
         self.profile = profile
         self.facts: TargetFacts | None = None
+        self._agent_dir: str | None = None
 
     @property
     def target(self) -> str:
         return self.transport.target
 
+    def agent_dir(self) -> str:
+        """The target's folder of this version's target-side package, installed first if it is not there."""
+        if self._agent_dir is None:
+            timeout = self.profile.command_timeout
+            answer = self.transport.run(bootstrap_command(self.profile.python, self.profile.workdir),
+                                        timeout=timeout, label="looking for the toolchain agent").json()
+            if not answer["ready"]:
+                answer = self.transport.run(bootstrap_command(self.profile.python, self.profile.workdir, True),
+                                            stdin=agent_package().archive, timeout=timeout,
+                                            label="installing the toolchain agent").json()
+            if not answer["ready"]:
+                raise TransportError(f"the toolchain agent could not be installed in {answer['dir']} on {self.target}",
+                                     "check that the work folder on the target is writable")
+            self._agent_dir = str(answer["dir"])
+        return self._agent_dir
+
+    def agent_script(self, script: str = BENCH_AGENT) -> str:
+        """The path on the target of one of the package's scripts (the benchmark agent by default)."""
+        return f"{self.agent_dir()}/{script}"
+
     def helper(self, operation: str, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None,
                timeout: float | None = None, label: str | None = None) -> Any:
         """Run one helper operation with the target's Python and return its JSON answer."""
-        result = self.transport.run([self.profile.python, "-c", HELPER_SOURCE, operation, *args], stdin=stdin,
+        result = self.transport.run([self.profile.python, self.agent_script(HELPER), operation, *args], stdin=stdin,
                                     env=env, timeout=timeout or self.profile.command_timeout,
                                     label=label or f"{operation} (toolchain helper)")
         return result.json()
 
     def read_facts(self) -> TargetFacts:
-        """Ask the target about itself (architecture, Python, glibc, CPU, disk, onnxruntime)."""
+        """Ask the target about itself (architecture, Python, glibc, CPU, disk, onnxruntime), writing nothing there."""
         try:
-            answer = self.helper("facts", self.profile.workdir, label="preflight")
+            # from stdin: the preflight runs before anything is installed and leaves no trace
+            answer = self.transport.run([self.profile.python, "-", "facts", self.profile.workdir],
+                                        stdin=stdin_program(HELPER), timeout=self.profile.command_timeout,
+                                        label="preflight").json()
         except CommandFailedError as failure:
             if failure.exit_status in (126, 127):  # the shell could not find or run the interpreter
                 raise TargetIncompatibleError(f"{self.target} has no Python at {self.profile.python}",
@@ -181,7 +199,7 @@ class TargetSession:
                              "pid": os.getpid(),
                              "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         lock_path = self.remote_path(LOCK_NAME)
-        process = self.transport.spawn([self.profile.python, "-c", HELPER_SOURCE, "lock", lock_path, holder],
+        process = self.transport.spawn([self.profile.python, self.agent_script(HELPER), "lock", lock_path, holder],
                                        label="lock")
         answer = process.readline(self.profile.command_timeout)
         if answer != "LOCKED":

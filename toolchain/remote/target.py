@@ -12,8 +12,9 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from toolchain.bench.settings import BenchDefaults
 from toolchain.errors import TargetConfigError
 from toolchain.transport import LocalTransport, SSHSettings, SSHTransport, Transport
 
@@ -27,18 +28,6 @@ LOCAL_HOST = "local"
 PROFILE_FILE = "target.toml"
 _REPO_TARGETS = Path(__file__).resolve().parents[2] / "targets"
 _VERSION = re.compile(r"^(newest|\d+(\.\d+)*)$")
-
-
-@dataclass(frozen=True)
-class BenchDefaults:
-    """How the agent measures on this target unless the command line says otherwise."""
-
-    threads: tuple[int, ...] = (1,)
-    batch: int = 1
-    warmup: int = 20
-    runs: int = 200
-    min_time: float = 0.0
-    timeout: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +93,10 @@ class TargetProfile:
         return dataclasses.asdict(self)
 
 
+# fills in how to reach a profile's target (toolchain.providers)
+Provider = Callable[[TargetProfile], TargetProfile]
+
+
 # --- reading target.toml ----------------------------------------------------------------------
 
 _SECTIONS: dict[str | None, dict[str, type | tuple[type, ...]]] = {
@@ -167,6 +160,8 @@ def parse_profile(path: Path, text: str) -> TargetProfile:
             raise TargetConfigError(f"{path}: bench threads must be a list of positive integers",
                                     "e.g. threads = [1, 2, 4, 8]")
         bench["threads"] = tuple(threads)
+    if "min_time" in bench:
+        bench["min_time_s"] = float(bench.pop("min_time"))
     if "emulation" in document:
         values["emulation"] = EmulationSettings(**_section_values(path, document, "emulation"))
     for key in ("onnxruntime", "numpy"):
@@ -233,18 +228,15 @@ def apply_ssh_config(profile: TargetProfile) -> TargetProfile:
 
 
 def resolve_profile(reference: str | Path | None = None, *, host: str | None = None,
-                    **overrides: Any) -> TargetProfile:
-    """The profile a command runs with: file, then ~/.ssh/config for the host, then flags.
+                    provider: Provider | None = None, **overrides: Any) -> TargetProfile:
+    """The profile a command runs with: file, then its provider, then ~/.ssh/config for the host, then flags.
 
-    For an emulated profile the host, keys and known_hosts come from its local instance.
+    `provider` (toolchain.providers.provide for the CLI) fills in how to reach a target that something on
+    this machine provides, such as the emulated Bluebox; a --host of its own skips it.
     """
     profile = load_profile(reference)
-    if profile.emulation is not None and host is None:
-        from toolchain.remote.emulated import EmulatedBluebox
-
-        instance = EmulatedBluebox.from_settings(profile.emulation)
-        instance.require_running()
-        profile = instance.apply_to(profile)
+    if provider is not None and host is None:
+        profile = provider(profile)
     if host is not None:
         profile = profile.with_overrides(host=host)
     profile = apply_ssh_config(profile)

@@ -1,16 +1,16 @@
 """Small operations the host asks the target to do: facts, lock, verified commit, runtime install, probe.
 
-This file runs ON THE TARGET, sent as `python3 -c <this file> OPERATION ARGS...`; it is never imported
-by the host package. It must run on Python 3.5 (a stock Ubuntu 16.04 Bluebox) with the standard
-library only, so: no f-strings, no annotations, no third-party imports (onnxruntime only inside
-`probe`, which runs with the provisioned runtime on PYTHONPATH). Each operation prints one JSON
-document on stdout; a failure prints one line on stderr and exits non-zero.
+Runs ON THE TARGET as `python3 <agent dir>/helper.py OPERATION ARGS...` from the folder the host
+installed once per version (toolchain.remote.agent_package); `facts`, the preflight, runs from stdin
+before anything is installed. Python 3.5 (a stock Ubuntu 16.04 Bluebox), the standard library and
+its sibling `common` only: no f-strings, no annotations (onnxruntime only inside `probe`, which runs
+with the provisioned runtime on PYTHONPATH). Each operation prints one JSON document on stdout; a
+failure prints one line on stderr and exits non-zero.
 """
 
 import base64
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -22,17 +22,12 @@ import subprocess
 import sys
 import zipfile
 
+import common
+
 UPLOAD_PREFIX = ".tc-upload-"
 RUNTIME_MARKER = ".toolchain-runtime.json"
 ARTIFACT_DIR = re.compile(r"^[0-9a-f]{16}$")
 EXIT_BUSY = 3
-
-# ARM's CPU part numbers (MIDR) of the cores an embedded target is likely to have; /proc/cpuinfo on
-# arm64 has no "model name" line.
-ARM_PARTS = {"0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
-             "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
-             "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
-             "0xd49": "Neoverse-N2"}
 
 IMPORT_CHECK = """
 import json
@@ -61,14 +56,6 @@ def emit(value):
     sys.stdout.flush()
 
 
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -84,45 +71,6 @@ def existing_ancestor(path):
             break
         path = parent
     return path
-
-
-def read_text(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except (IOError, OSError):
-        return ""
-
-
-def os_name():
-    for line in read_text("/etc/os-release").splitlines():
-        if line.startswith("PRETTY_NAME="):
-            return line.split("=", 1)[1].strip().strip('"')
-    return platform.platform()
-
-
-def cpu_model():
-    fields = {}
-    for line in read_text("/proc/cpuinfo").splitlines():
-        if ":" in line:
-            key, value = line.split(":", 1)
-            fields.setdefault(key.strip().lower(), value.strip())
-    if "model name" in fields:
-        return fields["model name"]
-    if fields.get("cpu implementer") == "0x41" and "cpu part" in fields:
-        return ARM_PARTS.get(fields["cpu part"], "ARM part " + fields["cpu part"])
-    return platform.processor() or "unknown"
-
-
-def glibc_version():
-    try:
-        name = os.confstr("CS_GNU_LIBC_VERSION")
-    except (ValueError, OSError):
-        name = None
-    if name and name.startswith("glibc "):
-        return name.split(" ", 1)[1]
-    lib, version = platform.libc_ver()
-    return version if lib == "glibc" and version else None
 
 
 def import_check(pythonpath):
@@ -163,9 +111,9 @@ def op_facts(workdir):
                         runtimes.append({"dir": os.path.join(runtime_root, name), "marker": json.load(handle)})
                 except ValueError:
                     continue
-    emit({"hostname": socket.gethostname(), "arch": platform.machine(), "os": os_name(),
+    emit({"hostname": socket.gethostname(), "arch": platform.machine(), "os": common.os_name(),
           "kernel": platform.release(), "python": platform.python_version(),
-          "python_executable": sys.executable, "glibc": glibc_version(), "cpu_model": cpu_model(),
+          "python_executable": sys.executable, "glibc": common.glibc_version(), "cpu_model": common.cpu_model(),
           "cores": os.cpu_count(), "workdir": workdir, "workdir_exists": os.path.isdir(workdir),
           "free_bytes": usage.free, "free_path": measured, "writable": os.access(measured, os.W_OK),
           "system_runtime": import_check(None), "runtimes": runtimes})
@@ -216,7 +164,7 @@ def op_prepare(directory, mode="create"):
             os.remove(path)
             removed.append(name)
         elif os.path.isfile(path):
-            files[name] = {"sha256": sha256_of(path), "bytes": os.path.getsize(path)}
+            files[name] = {"sha256": common.sha256_file(path), "bytes": os.path.getsize(path)}
     emit({"directory": directory, "exists": exists, "files": files, "removed_partial": removed,
           "free_bytes": shutil.disk_usage(existing_ancestor(directory)).free})
 
@@ -231,7 +179,7 @@ def op_commit(directory):
     committed, mismatched = [], []
     for position, item in enumerate(plan):
         temp = os.path.join(directory, item["temp"])
-        actual = sha256_of(temp)
+        actual = common.sha256_file(temp)
         if actual != item["sha256"]:
             mismatched.append({"name": item["final"], "expected": item["sha256"], "actual": actual})
             for rest in plan[position:]:

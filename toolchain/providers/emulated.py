@@ -52,7 +52,7 @@ _CPUINFO_BLOCK = ("processor\t: {index}\nBogoMIPS\t: 50.00\n"
                   "CPU part\t: 0xd08\nCPU revision\t: 2\n\n")
 
 _SSHD_CONFIG = """\
-# sshd of the emulated Bluebox (written by toolchain.remote.emulated)
+# sshd of the emulated Bluebox (written by toolchain.providers.emulated)
 ListenAddress {address}
 Port {port}
 HostKey /etc/toolchain/ssh_host_ed25519_key

@@ -1,0 +1,89 @@
+"""What the helper and the benchmark agent share on the target: file hashes, facts about the machine, JSON files.
+
+Target-side: Python 3.5+, standard library only, imported by its siblings as `import common` (the
+folder runs as it is, never as part of the host package).
+"""
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+
+# ARM's CPU part numbers (MIDR, implementer 0x41) of the cores an embedded target is likely to have:
+# /proc/cpuinfo on arm64 has no "model name" line.
+ARM_PARTS = {
+    "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+    "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
+    "0xd44": "Cortex-X1", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd48": "Cortex-X2",
+    "0xd49": "Neoverse-N2", "0xd4f": "Neoverse-V2",
+}
+
+
+def sha256_file(path):
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_text(path):
+    """A text file's content, or "" when it cannot be read."""
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except (IOError, OSError):
+        return ""
+
+
+def cpu_model():
+    """The CPU's name from /proc/cpuinfo: x86 "model name", or the ARM part number mapped to a core name."""
+    fields = {}
+    for line in read_text("/proc/cpuinfo").splitlines():
+        if ":" in line:
+            key, value = line.split(":", 1)
+            fields.setdefault(key.strip().lower(), value.strip())
+    if fields.get("model name"):
+        return fields["model name"]
+    part = fields.get("cpu part", "").lower()
+    if part:
+        return ARM_PARTS.get(part, "ARM part " + part)
+    return platform.processor() or platform.machine()
+
+
+def os_name():
+    """PRETTY_NAME of /etc/os-release, else what the platform module says."""
+    for line in read_text("/etc/os-release").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip().strip('"')
+    return platform.platform()
+
+
+def glibc_version():
+    """The running glibc's version ("2.36"), or None on a system without glibc."""
+    try:
+        name = os.confstr("CS_GNU_LIBC_VERSION")
+    except (AttributeError, ValueError, OSError):
+        name = None
+    if name and name.startswith("glibc "):
+        return name.split(" ", 1)[1]
+    library, version = platform.libc_ver()
+    return version if library == "glibc" and version else None
+
+
+def write_json_atomic(path, document):
+    """JSON (indented, sorted keys) to a temporary file beside `path`, then renamed into place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".tc-json-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(document, stream, indent=2, sort_keys=True)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
