@@ -135,6 +135,15 @@ def test_the_preflight_writes_nothing_on_the_target(tmp_path: Path) -> None:
     assert not (tmp_path / "work").exists()
 
 
+def test_the_preflights_stdin_program_runs_on_python_3_5(tmp_path: Path) -> None:
+    require(VERMIN.is_file(), "vermin is not installed (pip install -e '.[dev]')")
+    program = tmp_path / "program.py"
+    program.write_bytes(agent_package.stdin_program(HELPER))
+    checked = subprocess.run([str(VERMIN), "-t=3.5-", "--no-tips", "--violations", str(program)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_the_package_is_installed_once_per_version_and_run_by_path(tmp_path: Path) -> None:
     session = local_session(tmp_path)
     folder = Path(session.agent_dir())
