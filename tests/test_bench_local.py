@@ -13,8 +13,8 @@ import pytest
 from tests.fixtures.data import assert_clear_error
 from tests.test_cli_train import assert_one_line_error, toolchain  # noqa: F401  (fixture)
 from toolchain.bench.results import validate_result
-from toolchain.bench.settings import BenchSettings, parse_threads
-from toolchain.bench.system import agent_command, bench_local
+from toolchain.bench.settings import QUICK_LATENCY, BenchSettings, parse_threads
+from toolchain.bench.system import agent_command, bench_local, measure_files
 from toolchain.errors import BenchmarkError, UsageError
 
 FAST = ("--threads", "1", "--warmup", "2", "--runs", "10")
@@ -105,3 +105,15 @@ def test_agent_command_for_an_artifact_on_a_target():
 def test_thread_lists_must_be_positive_integers(text):
     with pytest.raises(UsageError):
         parse_threads(text)
+
+
+def test_measure_files_times_model_files_here_with_the_agent_and_stores_nothing(hps_artifact, tmp_path):
+    models = {"fp32": hps_artifact.folder / "model.fp32.onnx", "int8": hps_artifact.folder / "model.int8.onnx"}
+    events: list[dict] = []
+    document = measure_files(models, hps_artifact.folder / "evalset.npz",
+                             BenchSettings(threads=(1,), warmup=1, runs=5), on_progress=events.append)
+    assert [(entry["variant"], entry["threads"], entry["runs"]) for entry in document["results"]] == \
+        [("fp32", 1, 5), ("int8", 1, 5)]
+    assert document["target"]["emulated"] is False and events
+    assert QUICK_LATENCY == BenchSettings(threads=(1,), batch=1, warmup=20, runs=200)
+    assert not (hps_artifact.folder / "bench").exists()

@@ -20,8 +20,7 @@ from tests.fixtures.agent import agent_module
 from toolchain.errors import CommandFailedError, DeployError
 from toolchain.hashing import sha256_file
 from toolchain.remote import agent_package
-from toolchain.remote.agent_package import (AGENT_DIR, BENCH_AGENT, BOOTSTRAP, COMMON, HELPER, UPLOAD_PREFIX,
-                                            agent_package as package_of_this_version)
+from toolchain.remote.agent_package import AGENT_DIR, BENCH_AGENT, BOOTSTRAP, COMMON, HELPER, UPLOAD_PREFIX
 from toolchain.remote.session import LocalFile, TargetSession
 from toolchain.remote.target import TargetProfile
 from toolchain.transport import LocalTransport
@@ -135,10 +134,19 @@ def test_the_preflight_writes_nothing_on_the_target(tmp_path: Path) -> None:
     assert not (tmp_path / "work").exists()
 
 
+def test_the_preflights_stdin_program_runs_on_python_3_5(tmp_path: Path) -> None:
+    require(VERMIN.is_file(), "vermin is not installed (pip install -e '.[dev]')")
+    program = tmp_path / "program.py"
+    program.write_bytes(agent_package.stdin_program(HELPER))
+    checked = subprocess.run([str(VERMIN), "-t=3.5-", "--no-tips", "--violations", str(program)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_the_package_is_installed_once_per_version_and_run_by_path(tmp_path: Path) -> None:
     session = local_session(tmp_path)
     folder = Path(session.agent_dir())
-    assert folder == tmp_path / "work" / ".toolchain" / package_of_this_version().folder_name
+    assert folder == tmp_path / "work" / ".toolchain" / agent_package.agent_package().folder_name
     assert sorted(path.name for path in folder.iterdir()) == sorted(agent_package.SHIPPED)
     assert session.helper("free", str(tmp_path))["free_bytes"] > 0
     mtime = folder.stat().st_mtime_ns
@@ -160,7 +168,7 @@ def test_the_bootstrap_is_short_and_refuses_a_corrupted_package(tmp_path: Path) 
     assert len(agent_package.bootstrap_source().encode()) < 1024
     command = agent_package.bootstrap_command(sys.executable, str(tmp_path / "work"), install=True)
     with pytest.raises(CommandFailedError, match="arrived corrupted"):
-        LocalTransport().run(command, stdin=package_of_this_version().archive + b"x")
+        LocalTransport().run(command, stdin=agent_package.agent_package().archive + b"x")
     assert not (tmp_path / "work").exists()
 
 

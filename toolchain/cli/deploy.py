@@ -13,7 +13,7 @@ import typer
 
 from toolchain.cli.common import UploadBar, artifact_folder, show_checks
 from toolchain.cli.options import (DEFAULT_ARTIFACTS, ArtifactsOption, Connection, JsonOption, OptionalModelOption,
-                                   connects)
+                                   PythonOption, WorkdirOption, connects)
 from toolchain.cli.output import emit_json, info, table, warn
 from toolchain.errors import ToolchainError
 
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 ArtifactOption = Annotated[Optional[Path], typer.Option(
     "--artifact", "-a", help="Artifact folder (artifacts/<model>/<id>/) to deploy.")]
-WorkdirOption = Annotated[Optional[str], typer.Option("--workdir", help="Work folder on the target.")]
-PythonOption = Annotated[Optional[str], typer.Option("--python", help="Python interpreter on the target.")]
 OnnxruntimeOption = Annotated[Optional[str], typer.Option(
     "--onnxruntime", help="onnxruntime version for the target, or 'newest' (overrides the profile).")]
 NumpyOption = Annotated[Optional[str], typer.Option(

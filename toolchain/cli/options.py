@@ -52,6 +52,8 @@ IdentityFileOption = Annotated[Optional[Path], typer.Option(
     "--identity-file", "-i", help="Private key file to log in with (no passwords, ever).")]
 KnownHostsOption = Annotated[Optional[Path], typer.Option(
     "--known-hosts", help="known_hosts file the target's host key is checked against.")]
+WorkdirOption = Annotated[Optional[str], typer.Option("--workdir", help="Work folder on the target.")]
+PythonOption = Annotated[Optional[str], typer.Option("--python", help="Python interpreter on the target.")]
 AcceptNewHostKeyOption = Annotated[bool, typer.Option(
     "--accept-new-host-key", help="Trust and record the target's host key if known_hosts has none for it "
     "(like OpenSSH's accept-new); a changed key is still refused.")]

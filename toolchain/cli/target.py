@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from toolchain.cli.common import UploadBar, agent_progress, show_bench, show_checks, title, warn_disagreement
-from toolchain.cli.deploy import PythonOption, WorkdirOption
 from toolchain.cli.emulated import emulated_app
-from toolchain.cli.options import DEFAULT_ARTIFACTS, ArtifactsOption, Connection, JsonOption, connects
+from toolchain.cli.options import (DEFAULT_ARTIFACTS, ArtifactsOption, Connection, JsonOption, PythonOption,
+                                   WorkdirOption, connects)
 from toolchain.cli.output import emit_json, info, table, warn
 from toolchain.errors import ArtifactError, BenchmarkError, ToolchainError, TransportError
 
