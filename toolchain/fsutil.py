@@ -81,18 +81,24 @@ def sweep_stale_staging(root: Path) -> list[Path]:
     removed = []
     for folder in root.glob(f"{STAGING_PREFIX}*") if root.is_dir() else ():
         pid_text = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+        if not pid_text.isdigit() or process_alive(int(pid_text)):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine runs (a zombie counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    state = Path(f"/proc/{pid}/stat")
+    try:
+        # a zombie is dead for our purpose (its parent just has not collected it yet)
+        return state.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

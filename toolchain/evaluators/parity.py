@@ -6,24 +6,9 @@ briefly trained net whose logits reach 1e8 differs by ~1e2 after export for roun
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
 from toolchain.errors import ParityError
-
-
-@dataclass(frozen=True)
-class ParityResult:
-    """One parity check: the measured max |d| against the tolerance it had to meet."""
-
-    what: str
-    max_abs: float
-    tolerance: float
-    images: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def max_abs_diff(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from toolchain.errors import EmulatedTargetError
-from toolchain.fsutil import atomic_write_bytes, atomic_write_json
+from toolchain.fsutil import atomic_write_bytes, atomic_write_json, process_alive
 from toolchain.remote.cache import cache_root
 from toolchain.remote.target import EmulationSettings, TargetProfile
 
@@ -131,20 +131,6 @@ def _run(argv: list[str], what: str, hint: str, **kwargs: object) -> subprocess.
         raise EmulatedTargetError(f"{what} failed: {detail[-1] if detail else f'exit {result.returncode}'}", hint)
     return result
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    state = Path(f"/proc/{pid}/stat")
-    try:
-        # a zombie is dead for our purpose (its parent just has not collected it yet)
-        return state.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _port_open(address: str, port: int) -> bool:
@@ -411,7 +397,7 @@ class EmulatedBluebox:
         state = self._read_state()
         pid, inner = state.get("pid"), state.get("inner", "")
         was_running = False
-        if isinstance(pid, int) and _pid_alive(pid) and self._ours(pid, inner):
+        if isinstance(pid, int) and process_alive(pid) and self._ours(pid, inner):
             was_running = True
             # unshare itself ignores SIGTERM: stop its child (sshd), and unshare follows it
             try:
@@ -424,10 +410,10 @@ class EmulatedBluebox:
                 except ProcessLookupError:
                     pass
             deadline = time.monotonic() + _STOP_TIMEOUT_S
-            while _pid_alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 self._reap()
                 time.sleep(0.05)
-            if _pid_alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)  # --kill-child takes sshd and everything below it along
         self._reap(wait=True)
         if self._namespace_exists():
@@ -459,7 +445,7 @@ class EmulatedBluebox:
         """True when the instance's sshd answers on its address."""
         state = self._read_state()
         pid = state.get("pid")
-        return isinstance(pid, int) and _pid_alive(pid) and self._ours(pid, state.get("inner", "")) \
+        return isinstance(pid, int) and process_alive(pid) and self._ours(pid, state.get("inner", "")) \
             and _port_open(self.address, SSH_PORT)
 
     def require_running(self) -> None:
