@@ -43,7 +43,7 @@ def snapshot(folder: Path) -> dict[str, int]:
 def check_agreement(result: BenchRun, artifact: Path) -> None:
     """The target's answers are the host's, so its accuracy is the host's within the disagreement."""
     assert {item.variant for item in result.agreements} == {"fp32", "int8"}
-    host = read_manifest(artifact)["accuracy"]
+    host = read_manifest(artifact).to_json()["accuracy"]
     target = {entry["variant"]: entry["accuracy"]["top1"] for entry in result.document["results"]}
     for item in result.agreements:
         assert item.agreement_pct >= AGREEMENT_THRESHOLD_PCT, item

@@ -237,7 +237,14 @@ def _newest_checkpoint(request: ExportRequest) -> Path | None:
     return find_latest_checkpoint(request.artifacts, request.model, request.dataset or DEFAULT_DATASET)
 
 
-def cached_export(request: ExportRequest) -> PipelineResult | None:
+def _newest_note(request: ExportRequest, found: Path, sidecar: dict[str, Any] | None) -> str:
+    epoch, epochs = (sidecar or {}).get("epoch", 0), (sidecar or {}).get("epochs", 0)
+    unfinished = f" (epoch {epoch} of {epochs}: that run stopped early)" if epoch < epochs else ""
+    return (f"checkpoint: the newest trained {(sidecar or {}).get('model', request.model)} on "
+            f"{request.dataset or DEFAULT_DATASET}: {found}{unfinished}")
+
+
+def cached_export(request: ExportRequest, on_message: Messages = silent) -> PipelineResult | None:
     """The artifact of an export, if it exists, decided without torch or onnx.
 
     With no --checkpoint the newest one trained under the model's registry name is used; a model spelled
@@ -252,22 +259,21 @@ def cached_export(request: ExportRequest) -> PipelineResult | None:
     if not sidecar or sidecar.get("model") != request.model:
         return None
     plan = _plan_export(request, CheckpointSource.open(checkpoint, request.model), reason)
-    return _cached(ArtifactStore(request.artifacts), plan, started)
+    found = _cached(ArtifactStore(request.artifacts), plan, started)
+    if found is not None and request.checkpoint is None:
+        on_message(_newest_note(request, checkpoint, sidecar))
+    return found
 
 
 def _find_or_train_checkpoint(request: ExportRequest, on_message: Messages,
                               on_train_progress: TrainProgressCallback | None) -> Path:
     from toolchain.models import resolve
-    from toolchain.training.checkpoints import read_info
 
     name = resolve(request.model).name
     dataset = request.dataset or DEFAULT_DATASET
     found = _newest_checkpoint(request)
     if found is not None:
-        info = read_info(found)
-        unfinished = (f" (epoch {info.epoch} of {info.epochs}: that run stopped early)"
-                      if info is not None and info.epoch < info.epochs else "")
-        on_message(f"checkpoint: the newest trained {name} on {dataset}: {found}{unfinished}")
+        on_message(_newest_note(request, found, read_sidecar(found)))
         return found
     if not request.train_if_missing:
         raise CheckpointError(f"no trained checkpoint of {name} on {dataset} under {request.artifacts}",
@@ -322,7 +328,7 @@ def run_export(request: ExportRequest, on_message: Messages = silent,
     _check_eval_count(request.eval_count)
     store = ArtifactStore(request.artifacts)
     store.check_writable()
-    found = cached_export(request)
+    found = cached_export(request, on_message)
     if found is not None:
         return found
     request, reason = with_resolved_quant(request)
