@@ -6,8 +6,10 @@ nor onnx, so it answers in well under a second.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
@@ -46,12 +48,40 @@ SimplifyOption = Annotated[bool, typer.Option(
     "--simplify/--no-simplify", help="Run onnxsim, then fold the BatchNorms after ReLUs where exact (default on).")]
 
 
-def _quant_settings(method: str, quant_format: str, per_channel: bool, activation_type: str, reduce_range: bool | None,
-                    exclude_nodes: str | None, max_drop: float, max_kept_float: int | None) -> QuantSettings:
+def _quant_options(
+    method: MethodOption = "minmax",
+    quant_format: FormatOption = "qoperator",
+    per_channel: PerChannelOption = True,
+    activation_type: ActivationTypeOption = "uint8",
+    reduce_range: ReduceRangeOption = None,
+    exclude_nodes: ExcludeNodesOption = None,
+    max_drop: MaxDropOption = DEFAULT_MAX_DROP,
+    max_kept_float: MaxKeptFloatOption = None,
+) -> QuantSettings:
+    """The quantization options `export` and `quantize` share, as the settings they describe."""
     excluded = tuple(name.strip() for name in (exclude_nodes or "").split(",") if name.strip())
     return QuantSettings(method=method, format=quant_format, per_channel=per_channel, activation_type=activation_type,
                          reduce_range=reduce_range, exclude_nodes=excluded, max_drop=max_drop,
                          max_kept_float=max_kept_float)
+
+
+def with_quant_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the options of `_quant_options` in place of its ``quant`` parameter (one list, two commands).
+
+    Typer reads the wrapper's signature; the wrapper gathers those options into the `QuantSettings`
+    that ``command`` receives as ``quant``.
+    """
+    shared = list(inspect.signature(_quant_options, eval_str=True).parameters.values())
+    own = list(inspect.signature(command, eval_str=True).parameters.values())
+    at = [parameter.name for parameter in own].index("quant")
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> None:
+        quant = _quant_options(**{parameter.name: values.pop(parameter.name) for parameter in shared})
+        command(**values, quant=quant)
+
+    wrapper.__signature__ = inspect.Signature(own[:at] + shared + own[at + 1:])  # type: ignore[attr-defined]
+    return wrapper
 
 
 def show_result(result: "PipelineResult", json_output: bool) -> None:
@@ -74,6 +104,7 @@ def show_result(result: "PipelineResult", json_output: bool) -> None:
     info(f"artifact: {result.folder}")
 
 
+@with_quant_options
 def export(
     model: ModelOption,
     checkpoint: CheckpointOption = None,
@@ -87,14 +118,7 @@ def export(
     rtol: RtolOption = DEFAULT_RTOL,
     simplify: SimplifyOption = True,
     calibration: CalibrationOption = None,
-    method: MethodOption = "minmax",
-    quant_format: FormatOption = "qoperator",
-    per_channel: PerChannelOption = True,
-    activation_type: ActivationTypeOption = "uint8",
-    reduce_range: ReduceRangeOption = None,
-    exclude_nodes: ExcludeNodesOption = None,
-    max_drop: MaxDropOption = DEFAULT_MAX_DROP,
-    max_kept_float: MaxKeptFloatOption = None,
+    quant: QuantSettings = QuantSettings(),
     eval_count: EvalCountOption = 500,
     train: Annotated[bool, typer.Option(
         "--train/--no-train", help="Without a checkpoint given or found, train one briefly (default on).")] = True,
@@ -106,8 +130,7 @@ def export(
     request = ExportRequest(
         model=model, checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, artifacts=artifacts,
         export=ExportSettings(opset=opset, exporter=exporter, atol=atol, rtol=rtol, simplify=simplify),
-        quant=_quant_settings(method, quant_format, per_channel, activation_type, reduce_range, exclude_nodes,
-                              max_drop, max_kept_float),
+        quant=quant,
         calibration=calibration, eval_count=eval_count, train_if_missing=train)
     show_result(export_with_progress(request), json_output)
 
@@ -133,6 +156,7 @@ def export_with_progress(request: "ExportRequest") -> "PipelineResult":
         return run_export(request, on_message=on_message, on_train_progress=on_train)
 
 
+@with_quant_options
 def quantize(
     onnx_file: Annotated[Path, typer.Option("--onnx", help="An ONNX image classifier (float32 NCHW input).")],
     name: Annotated[Optional[str], typer.Option(
@@ -146,14 +170,7 @@ def quantize(
     atol: AtolOption = DEFAULT_ATOL,
     rtol: RtolOption = DEFAULT_RTOL,
     simplify: SimplifyOption = True,
-    method: MethodOption = "minmax",
-    quant_format: FormatOption = "qoperator",
-    per_channel: PerChannelOption = True,
-    activation_type: ActivationTypeOption = "uint8",
-    reduce_range: ReduceRangeOption = None,
-    exclude_nodes: ExcludeNodesOption = None,
-    max_drop: MaxDropOption = DEFAULT_MAX_DROP,
-    max_kept_float: MaxKeptFloatOption = None,
+    quant: QuantSettings = QuantSettings(),
     eval_count: EvalCountOption = 500,
     json_output: JsonOption = False,
 ) -> None:
@@ -163,8 +180,7 @@ def quantize(
     request = QuantizeRequest(
         onnx=onnx_file, name=name, calibration=calibration, eval_set=eval_set, data_dir=data_dir,
         artifacts=artifacts, atol=atol, rtol=rtol, simplify=simplify,
-        quant=_quant_settings(method, quant_format, per_channel, activation_type, reduce_range, exclude_nodes,
-                              max_drop, max_kept_float),
+        quant=quant,
         eval_count=eval_count)
     with progress() as bar:
         task = bar.add_task("quantize", total=None, status="")
