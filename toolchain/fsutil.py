@@ -13,6 +13,14 @@ from typing import Any, Iterator
 from toolchain.errors import ArtifactError
 
 
+
+def cache_root() -> Path:
+    """Where downloads, built images and cached passes are kept between runs: $TOOLCHAIN_CACHE or ~/.cache/toolchain.
+
+    Not created here. Holds the aarch64 wheels, the emulated Bluebox's root filesystem and the pass cache.
+    """
+    return Path(os.environ.get("TOOLCHAIN_CACHE") or "~/.cache/toolchain").expanduser()
+
 def ensure_writable_dir(path: Path, what: str) -> Path:
     """Create ``path`` if needed and check we can write into it, or fail with a clear error."""
     try:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from toolchain.errors import ArtifactError
-from toolchain.fsutil import atomic_write_json, staging_folder, sweep_stale_staging
+from toolchain.fsutil import atomic_write_json, cache_root, staging_folder, sweep_stale_staging
 from toolchain.hashing import sha256_json
 from toolchain.pipeline.context import LineageEntry, PassContext
 from toolchain.pipeline.passes import ModelRecord, Pass
@@ -40,8 +40,6 @@ def chain_keys(base: dict[str, Any], passes: Sequence[Pass]) -> list[str]:
 
 
 def default_pass_cache() -> Path:
-    from toolchain.remote.cache import cache_root
-
     return Path(os.environ.get("TOOLCHAIN_PASS_CACHE") or cache_root() / "passes").expanduser()
 
 
@@ -58,20 +56,22 @@ class PassCache:
         for _, path in entries[:max(0, len(entries) - keep)]:
             shutil.rmtree(path, ignore_errors=True)
 
-    def load(self, key: str) -> ModelRecord | None:
-        """The record a pass left under this key, if it finished (its record.json is written last)."""
+    def load(self, key: str) -> tuple[ModelRecord, float] | None:
+        """The record a pass left under this key and the seconds it took, if it finished (record.json is last)."""
         try:
             data = json.loads((self.root / key / RECORD_NAME).read_text())
             record = ModelRecord.from_json(data["record"], self.root)
+            seconds = float(data.get("seconds", 0.0))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         paths = [record.fp32, *([record.int8] if record.int8 else []), *record.files.values()]
-        return record if all(path.is_file() for path in paths) else None
+        return (record, seconds) if all(path.is_file() for path in paths) else None
 
     def seconds(self, key: str) -> float:
+        """What a cached pass took (0 when its record cannot be read)."""
         try:
             return float(json.loads((self.root / key / RECORD_NAME).read_text()).get("seconds", 0.0))
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             return 0.0
 
     def publish(self, staging: Path, key: str, record: ModelRecord, seconds: float) -> ModelRecord:
@@ -112,15 +112,15 @@ class Runner:
             record: ModelRecord | None = None) -> ModelRecord:
         """Run ``passes`` (the last one into ``final_folder``), resuming after the deepest cached pass."""
         keys = chain_keys(base, passes)
-        start = 0
+        start, deepest_seconds = 0, 0.0
         for index in range(len(passes) - 2, -1, -1):
             found = self.cache.load(keys[index])
             if found is not None:
-                record, start = found, index + 1
+                (record, deepest_seconds), start = found, index + 1
                 break
         for index in range(start):
-            self.lineage.append(self._entry(passes[index], keys[index], True, self.cache.seconds(keys[index]),
-                                            record))
+            seconds = deepest_seconds if index == start - 1 else self.cache.seconds(keys[index])
+            self.lineage.append(self._entry(passes[index], keys[index], True, seconds, record))
         if start:
             self.context.on_message(f"reusing {start} cached pass(es): {', '.join(p.name for p in passes[:start])}")
         sweep_stale_staging(self.cache.root)

@@ -27,7 +27,7 @@ from typing import Callable
 
 from toolchain.errors import EmulatedTargetError
 from toolchain.fsutil import atomic_write_bytes, atomic_write_json, process_alive
-from toolchain.remote.cache import cache_root
+from toolchain.fsutil import cache_root
 from toolchain.remote.target import EmulationSettings, TargetProfile
 
 SUITE = "bookworm"

@@ -33,7 +33,7 @@ from packaging.version import InvalidVersion, Version
 from toolchain.errors import ProvisioningError
 from toolchain.fsutil import atomic_write_bytes
 from toolchain.hashing import sha256_file
-from toolchain.remote.cache import cache_root
+from toolchain.fsutil import cache_root
 from toolchain.remote.session import LocalFile, ProvisionedRuntime, TargetFacts, TargetSession, UploadProgress
 
 ONNXRUNTIME = "onnxruntime"
