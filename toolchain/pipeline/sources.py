@@ -61,7 +61,7 @@ class CheckpointSource:
         if self._loaded is None:
             from toolchain.training.checkpoints import load_checkpoint
 
-            self._loaded = load_checkpoint(self.path, self.model)
+            self._loaded = load_checkpoint(self.path, self.model, sha256=self.sha256)
         return self._loaded
 
     @property

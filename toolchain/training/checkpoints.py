@@ -165,8 +165,11 @@ def describe_mismatch(expected: dict[str, "torch.Tensor"], found: dict[str, "tor
     return "; ".join(problems[:_MAX_LISTED]) + more
 
 
-def load_checkpoint(path: Path, model_name: str | None = None) -> LoadedCheckpoint:
-    """Build the checkpoint's model and load its weights, or explain why they do not fit."""
+def load_checkpoint(path: Path, model_name: str | None = None, sha256: str | None = None) -> LoadedCheckpoint:
+    """Build the checkpoint's model and load its weights, or explain why they do not fit.
+
+    ``sha256``: the file's hash when the caller has just computed it (it is not hashed again).
+    """
     from toolchain.models import resolve
 
     path = Path(path)
@@ -184,7 +187,7 @@ def load_checkpoint(path: Path, model_name: str | None = None) -> LoadedCheckpoi
         num_classes, in_channels = info.num_classes, info.in_channels
     else:
         num_classes, in_channels = _infer_shape_options(state)
-    sha256 = sha256_file(path)
+    sha256 = sha256 or sha256_file(path)
     if info is not None and info.sha256 and info.sha256 != sha256:
         raise CheckpointError(f"checkpoint {path} is not the file its sidecar describes (sha256 differs)",
                               "it was replaced or damaged after training; retrain, or delete the .json "
