@@ -10,7 +10,8 @@ then move forward into what follows, where that is exact:
 - an unpadded 1x1 conv: its input channel c times sign(s_c), its bias gains ``W @ t``;
 - GlobalAveragePool (-> Flatten) -> Gemm: pooling is linear, so the same with ``alpha/beta * B t``;
 - an Add whose other operand is a conv's own output, when no s_c is negative: that conv's bias gains t.
-A BN feeding a padded conv stays: the padding zeros would not see the shift.
+A BN feeding a padded conv stays, as ``sign * x + shift`` once its scale has moved back (the padding zeros
+would not see the shift).
 
 Folding the whole BN forward into a 1x1 conv would be exact too, but then the tensor INT8 quantizes with
 one scale is the un-normalised ReLU output, whose channels differ in range by orders of magnitude:
@@ -27,42 +28,117 @@ import onnx
 from onnx import numpy_helper
 
 
+# a running variance this small means the channel (almost) never fired in training: its scale is ~gamma/sqrt(eps)
+DEAD_VARIANCE = 1e-12
+
+
+@dataclass(frozen=True)
+class BatchNormRewrite:
+    """What `rewrite_batchnorm_after_relu` did to a graph."""
+
+    folded: int  # BNs removed: |scale| into the conv before, sign and shift into what follows
+    rescaled: int  # BNs kept as sign * x + shift: what follows cannot take the shift exactly
+    dead_channels: int  # channels of those BNs whose running variance is ~0 (amplified ~gamma/sqrt(eps) if they fire)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"batchnorm_folded": self.folded, "batchnorm_rescaled": self.rescaled,
+                "dead_channels": self.dead_channels}
+
+
 def fold_batchnorm_after_relu(model: onnx.ModelProto) -> int:
-    """Remove each conv -> ReLU -> BN's BatchNormalization as described above; returns how many."""
+    """Remove each conv -> ReLU -> BN's BatchNormalization where that is exact; the rest untouched. How many."""
+    return rewrite_batchnorm_after_relu(model, rescale_rest=False).folded
+
+
+def rewrite_batchnorm_after_relu(model: onnx.ModelProto, rescale_rest: bool = True) -> BatchNormRewrite:
+    """Fold each conv -> ReLU -> BN as the module docstring says; with ``rescale_rest``, rescale the others.
+
+    A BN whose shift cannot move on still gives its |scale| to the conv before the ReLU and keeps only
+    ``sign * (x - mean') + beta`` (see `_rescale`). A dead channel (running variance ~0, never active in
+    training) keeps its scale in the BN: moved into the conv, its mean would cancel against a ~gamma/sqrt(eps)
+    times larger value in float32; a BN with one is rescaled, not folded. Both rewrites are exact up to float
+    rounding; afterwards no conv output carries a live channel's BN scale, so INT8 ranges stay normalised.
+    """
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     protected = {output.name for output in graph.output}
-    folded = 0
+    folded = rescaled = dead = 0
     for bn in [node for node in graph.node if node.op_type == "BatchNormalization"]:
-        affine = _batchnorm_affine(bn, initializers)
-        if affine is None or bn.output[0] in protected:
-            continue
-        scale, shift = affine
         consumers, producers = _consumers(graph), _producers(graph)
-        conv = _conv_before_relu(bn, consumers, producers, initializers, protected)
-        if conv is None or not consumers.get(bn.output[0]):
+        planned = _plan(bn, consumers, producers, initializers, protected)
+        if planned is None:
             continue
-        sinks = [_shift_sink(node, bn.output[0], len(shift), consumers, producers, initializers, protected)
-                 for node in consumers[bn.output[0]]]
+        conv, scale, shift, variance, sinks = planned
         sign = np.where(scale < 0, -1.0, 1.0)
-        if any(sink is None or (sink.in_axis is None and (sign < 0).any()) for sink in sinks):
+        dead_here = variance < DEAD_VARIANCE
+        foldable = sinks is not None and not dead_here.any() and \
+            not any(sink.in_axis is None and (sign < 0).any() for sink in sinks)
+        if foldable:
+            _scale_output_channels(graph, initializers, conv, np.abs(scale))
+            for sink in sinks:  # type: ignore[union-attr]
+                sink.absorb(graph, initializers, sign, shift)
+            _bypass(graph, bn, consumers)
+            folded += 1
+        elif rescale_rest:
+            moved = np.where(dead_here, 1.0, np.abs(scale))
+            _scale_output_channels(graph, initializers, conv, moved)
+            _rescale(graph, initializers, bn, moved)
+            rescaled += 1
+        else:
             continue
-        _scale_output_channels(graph, initializers, conv, np.abs(scale))
-        for sink in sinks:
-            sink.absorb(graph, initializers, sign, shift)
-        for node in consumers[bn.output[0]]:
-            for index, name in enumerate(node.input):
-                if name == bn.output[0]:
-                    node.input[index] = bn.input[0]
-        graph.node.remove(bn)
-        for info in [info for info in graph.value_info if info.name == bn.output[0]]:
-            graph.value_info.remove(info)
-        folded += 1
+        dead += int(dead_here.sum())
     if folded:
         used = {name for node in graph.node for name in node.input}
         for tensor in [tensor for tensor in graph.initializer if tensor.name not in used]:
             graph.initializer.remove(tensor)
-    return folded
+    return BatchNormRewrite(folded, rescaled, dead)
+
+
+def _plan(bn: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], producers: dict[str, onnx.NodeProto],
+          initializers: dict[str, onnx.TensorProto], protected: set[str]
+          ) -> tuple[onnx.NodeProto, np.ndarray, np.ndarray, np.ndarray, list["_ShiftSink"] | None] | None:
+    """(conv, scale, shift, running variance, where the shift goes or None) of a conv -> ReLU -> ``bn``, else None."""
+    affine = _batchnorm_affine(bn, initializers)
+    if affine is None or bn.output[0] in protected or not consumers.get(bn.output[0]):
+        return None
+    conv = _conv_before_relu(bn, consumers, producers, initializers, protected)
+    if conv is None:
+        return None
+    scale, shift = affine
+    sinks = [_shift_sink(node, bn.output[0], len(shift), consumers, producers, initializers, protected)
+             for node in consumers[bn.output[0]]]
+    variance = numpy_helper.to_array(initializers[bn.input[4]]).astype(np.float64)
+    return conv, scale, shift, variance, (None if any(sink is None for sink in sinks) else sinks)  # type: ignore[misc]
+
+
+def _bypass(graph: onnx.GraphProto, bn: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]]) -> None:
+    """Let the BN's readers read its input, and drop the BN."""
+    for node in consumers[bn.output[0]]:
+        for index, name in enumerate(node.input):
+            if name == bn.output[0]:
+                node.input[index] = bn.input[0]
+    graph.node.remove(bn)
+    for info in [info for info in graph.value_info if info.name == bn.output[0]]:
+        graph.value_info.remove(info)
+
+
+def _rescale(graph: onnx.GraphProto, initializers: dict[str, onnx.TensorProto], bn: onnx.NodeProto,
+             moved: np.ndarray) -> None:
+    """Make ``bn`` read an input ``moved`` times larger per channel and compute what it computed.
+
+    gamma / sqrt(var + eps) becomes scale / moved (the sign where all of |scale| moved) with var + eps = 1,
+    the mean grows by ``moved`` and beta stays: the mean is still taken off before scaling, so a channel
+    whose scale did not move (a dead one) rounds exactly as before.
+    """
+    attributes = _attributes(bn)
+    epsilon = np.float32(attributes.get("epsilon", 1e-5))
+    gamma, beta, mean, var = (numpy_helper.to_array(initializers[name]).astype(np.float64) for name in bn.input[1:])
+    scale = gamma / np.sqrt(var + attributes.get("epsilon", 1e-5))
+    live = moved == np.abs(scale)  # all of |scale| moved (0 included): the sign is left
+    ratio = np.where(live, np.where(scale < 0, -1.0, 1.0), scale / np.where(live, 1.0, moved))
+    variance = np.full(len(moved), np.float32(1.0) - epsilon, dtype=np.float32)
+    for index, value in ((1, ratio), (2, beta), (3, mean * moved), (4, variance)):
+        _set_input_constant(graph, initializers, bn, index, np.asarray(value, dtype=np.float32))
 
 
 @dataclass(frozen=True)

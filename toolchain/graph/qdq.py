@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import onnx
@@ -107,8 +107,13 @@ def drop_unused_opset_imports(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def quantizable_nodes(qdq_model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Nodes of a QDQ model that read at least one dequantized tensor (those the quantizer touched)."""
+def quantizable_nodes(qdq_model: onnx.ModelProto, op_types: Collection[str] | None = None) -> list[onnx.NodeProto]:
+    """Nodes of a QDQ model that read at least one dequantized tensor (those the quantizer touched).
+
+    ``op_types``: only nodes of these types (a float BatchNormalization between a dequantize and a
+    quantize reads a dequantized tensor too, yet nothing in it is quantized).
+    """
     dequantized = {node.output[0] for node in qdq_model.graph.node if node.op_type == "DequantizeLinear"}
     return [node for node in qdq_model.graph.node
-            if node.op_type not in _QDQ_OPS and any(name in dequantized for name in node.input)]
+            if node.op_type not in _QDQ_OPS and any(name in dequantized for name in node.input)
+            and (op_types is None or node.op_type in op_types)]

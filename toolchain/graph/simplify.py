@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from toolchain.graph.batchnorm import fold_batchnorm_after_relu
+from toolchain.graph.batchnorm import rewrite_batchnorm_after_relu
 from toolchain.errors import SimplifyError
 
 _ONNXSIM_PREFIX = "onnxsim."
@@ -32,6 +32,7 @@ class SimplifyResult:
     seconds: float
     onnxsim_version: str
     batchnorm_folded: int
+    batchnorm_rescaled: int = 0
 
 
 def onnxsim_model(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
@@ -54,14 +55,14 @@ def onnxsim_model(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
 
 
 def simplify_onnx(source: Path, destination: Path) -> SimplifyResult:
-    """Simplify ``source`` into ``destination`` with onnxsim, then fold BatchNorms after ReLUs (both passes at once)."""
+    """Simplify ``source`` into ``destination`` with onnxsim, then fold or rescale BatchNorms after ReLUs (both passes)."""
     import onnxsim
 
     started = time.perf_counter()
     model = onnx.load(str(source))
     simplified = onnxsim_model(model, source.name)
-    folded = fold_batchnorm_after_relu(simplified)
+    rewrite = rewrite_batchnorm_after_relu(simplified)
     onnx.save(simplified, str(destination))
     return SimplifyResult(path=destination, nodes_before=len(model.graph.node), nodes_after=len(simplified.graph.node),
                           seconds=time.perf_counter() - started, onnxsim_version=onnxsim.__version__,
-                          batchnorm_folded=folded)
+                          batchnorm_folded=rewrite.folded, batchnorm_rescaled=rewrite.rescaled)

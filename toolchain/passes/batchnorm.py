@@ -1,4 +1,4 @@
-"""The batchnorm pass: fold the BatchNorms HPS puts after its ReLUs, where that is exact (`toolchain.graph.batchnorm`)."""
+"""The batchnorm pass: fold the BatchNorms HPS puts after its ReLUs where exact, rescale the rest (`toolchain.graph.batchnorm`)."""
 
 from __future__ import annotations
 
@@ -15,18 +15,22 @@ if TYPE_CHECKING:
 @register_pass
 class BatchNormPass(Pass):
     name = "batchnorm"
+    version = 2  # 2: BNs that cannot fold are rescaled
     checks_parity = True
 
     def run(self, record: ModelRecord, context: "PassContext", folder: Path) -> ModelRecord:
         import onnx
 
-        from toolchain.graph.batchnorm import fold_batchnorm_after_relu
+        from toolchain.graph.batchnorm import rewrite_batchnorm_after_relu
 
         model = onnx.load(str(record.fp32))
-        folded = fold_batchnorm_after_relu(model)
+        rewrite = rewrite_batchnorm_after_relu(model)
         path = folder / "model.onnx"
         onnx.save(model, str(path))
-        if folded:
-            context.on_message(f"{folded} BatchNorm after ReLU folded away: {len(model.graph.node)} nodes")
-        return replace(record, fp32=path).with_notes(nodes={"simplified": len(model.graph.node),
-                                                            "batchnorm_folded": folded})
+        if rewrite.folded or rewrite.rescaled:
+            context.on_message(f"BatchNorm after ReLU: {rewrite.folded} folded away, {rewrite.rescaled} rescaled into "
+                               f"their convs: {len(model.graph.node)} nodes")
+        if rewrite.dead_channels:
+            context.on_message(f"{rewrite.dead_channels} BatchNorm channel(s) with running variance ~0 (never active "
+                               "in training; amplified if they fire): their scale is now in the conv weights")
+        return replace(record, fp32=path).with_notes(nodes={"simplified": len(model.graph.node), **rewrite.to_dict()})

@@ -73,19 +73,23 @@ class GatePass(Pass):
 
         from toolchain.graph.qdq import quantizable_nodes
         from toolchain.quantization.gate import SENSITIVITY_IMAGES, kept_float_limit
-        from toolchain.quantization.ort import quantize_static_int8
+        from toolchain.quantization.ort import quantize_static_int8, quantized_op_types
         from toolchain.quantization.sensitivity import score_nodes
 
         settings: QuantSettings = self.config
         prepared, cache = record.files["prepared"], record.files["calibration_cache"]
-        twin = quantize_static_int8(prepared, search.scratch / "twin.qdq.onnx", settings, cache, quant_format="qdq")
-        candidates = len(quantizable_nodes(onnx.load(str(twin))))
+        # the scores come from a QDQ twin that quantizes exactly the op types the shipped format does
+        op_types = quantized_op_types(settings.format)
+        twin = quantize_static_int8(prepared, search.scratch / "twin.qdq.onnx", settings, cache, quant_format="qdq",
+                                    op_types=op_types)
+        candidates = len(quantizable_nodes(onnx.load(str(twin)), op_types))
         first = search.attempts[0][0]
         if first.drop_pp <= settings.max_drop:
             return 0, [], candidates
         limit = kept_float_limit(settings, candidates)
         context.on_message(f"drop {first.drop_pp:.2f} pp exceeds --max-drop {settings.max_drop:g}: scoring "
                            f"{candidates} quantized nodes, keeping at most {limit} in float")
-        ranking = score_nodes(prepared, twin, context.calibration.images[:SENSITIVITY_IMAGES], record.input_name)
+        ranking = score_nodes(prepared, twin, context.calibration.images[:SENSITIVITY_IMAGES], record.input_name,
+                              op_types)
         names = tuple(score.node for score in ranking)
         return search.smallest_passing(names, min(limit, len(names)), candidates), ranking, candidates

@@ -119,9 +119,22 @@ def calibrate(model: Path, images: np.ndarray, input_name: str, settings: QuantS
     return time.perf_counter() - started
 
 
+def quantized_op_types(quant_format: str) -> list[str]:
+    """The op types ORT's quantizer converts in a format: QOperator has its QLinear ops (no BatchNormalization,
+    which stays float between a dequantize and a quantize); QDQ wraps those and its own registry's."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(QLinearOpsRegistry) if quant_format == "qoperator" else sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
 def quantize_static_int8(model: Path, output: Path, settings: QuantSettings, cache: Path,
-                         keep_float: Sequence[str] = (), quant_format: str | None = None) -> Path:
-    """Quantize with the cached calibration ranges; ``keep_float`` nodes stay in float."""
+                         keep_float: Sequence[str] = (), quant_format: str | None = None,
+                         op_types: Sequence[str] | None = None) -> Path:
+    """Quantize with the cached calibration ranges; ``keep_float`` nodes stay in float.
+
+    ``quant_format`` overrides the settings' format, ``op_types`` the op types quantized (default: what
+    the settings' format converts): a QDQ twin of a QOperator model quantizes only what that model does.
+    """
     from onnxruntime.quantization import quantize_static
 
     settings = settings.resolved()[0]
@@ -131,6 +144,7 @@ def quantize_static_int8(model: Path, output: Path, settings: QuantSettings, cac
             quantize_static(str(model), str(output), None, quant_format=ort_format, per_channel=settings.per_channel,
                             reduce_range=settings.reduce_range, activation_type=activation, weight_type=weight,
                             nodes_to_exclude=list(settings.exclude_nodes) + list(keep_float),
+                            op_types_to_quantize=list(op_types or quantized_op_types(settings.format)),
                             calibrate_method=method, calibration_cache_path=str(cache))
     except Exception as exc:  # the quantizer raises assorted errors on unusual graphs
         raise _failure("static INT8 quantization", exc) from None

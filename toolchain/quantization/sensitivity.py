@@ -85,13 +85,15 @@ def _float_activations(model_path: Path, names: Sequence[str], images: np.ndarra
     return found
 
 
-def score_nodes(float_model: Path, qdq_model: Path, images: np.ndarray, input_name: str) -> list[NodeScore]:
+def score_nodes(float_model: Path, qdq_model: Path, images: np.ndarray, input_name: str,
+                op_types: Sequence[str] | None = None) -> list[NodeScore]:
     """Score every quantized node by the lowest per-channel SQNR of its weights and activations.
 
     Local noise only, measured on the float model's own activations: each activation the QDQ model
     quantizes is fake-quantized with that model's scale and zero point; weights are compared with
     their dequantized values (ORT's qdq_loss_debug.create_weight_matching). Errors accumulated from
     upstream nodes do not count against a node. Lowest first: the nodes that lose most to INT8.
+    ``op_types``: score only nodes of these types (those the shipped format quantizes).
     """
     from onnx import numpy_helper
     from onnxruntime.quantization.qdq_loss_debug import create_weight_matching
@@ -111,7 +113,7 @@ def score_nodes(float_model: Path, qdq_model: Path, images: np.ndarray, input_na
                    for name, pair in weights.items()}
     producers = {output: node for node in model.graph.node for output in node.output}
     scores = []
-    for node in quantizable_nodes(model):
+    for node in quantizable_nodes(model, op_types):
         measured: list[tuple[float, str]] = []
         for name in list(node.input) + list(node.output):
             producer = producers.get(name)
