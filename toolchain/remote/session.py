@@ -132,6 +132,8 @@ class TargetSession:
         self.transport = transport
         self.profile = profile
         self.facts: TargetFacts | None = None
+        #: the target's interpreter: the profile's first until the preflight finds the one it has
+        self.python = profile.python
         self._agent_dir: str | None = None
 
     @property
@@ -142,10 +144,10 @@ class TargetSession:
         """The target's folder of this version's target-side package, installed first if it is not there."""
         if self._agent_dir is None:
             timeout = self.profile.command_timeout
-            answer = self.transport.run(bootstrap_command(self.profile.python, self.profile.workdir),
+            answer = self.transport.run(bootstrap_command(self.python, self.profile.workdir),
                                         timeout=timeout, label="looking for the toolchain agent").json()
             if not answer["ready"]:
-                answer = self.transport.run(bootstrap_command(self.profile.python, self.profile.workdir, True),
+                answer = self.transport.run(bootstrap_command(self.python, self.profile.workdir, True),
                                             stdin=agent_package().archive, timeout=timeout,
                                             label="installing the toolchain agent").json()
             if not answer["ready"]:
@@ -161,26 +163,33 @@ class TargetSession:
     def helper(self, operation: str, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None,
                timeout: float | None = None, label: str | None = None) -> Any:
         """Run one helper operation with the target's Python and return its JSON answer."""
-        result = self.transport.run([self.profile.python, self.agent_script(HELPER), operation, *args], stdin=stdin,
+        result = self.transport.run([self.python, self.agent_script(HELPER), operation, *args], stdin=stdin,
                                     env=env, timeout=timeout or self.profile.command_timeout,
                                     label=label or f"{operation} (toolchain helper)")
         return result.json()
 
     def read_facts(self) -> TargetFacts:
-        """Ask the target about itself (architecture, Python, glibc, CPU, disk, onnxruntime), writing nothing there."""
-        try:
-            # from stdin: the preflight runs before anything is installed and leaves no trace
-            answer = self.transport.run([self.profile.python, "-", "facts", self.profile.workdir],
-                                        stdin=stdin_program(HELPER), timeout=self.profile.command_timeout,
-                                        label="preflight").json()
-        except CommandFailedError as failure:
-            if failure.exit_status in (126, 127):  # the shell could not find or run the interpreter
-                raise TargetIncompatibleError(f"{self.target} has no Python at {self.profile.python}",
-                                              "install Python 3.5+ there (targets/bluebox2/README.md) or set "
-                                              "python in the target profile (--python)") from None
-            raise
-        self.facts = TargetFacts.from_helper(answer)
-        return self.facts
+        """Ask the target about itself (architecture, Python, glibc, CPU, disk, onnxruntime), writing nothing there.
+
+        The profile's interpreters are tried in order; the first the target has runs everything after.
+        """
+        for python in self.profile.pythons:
+            try:
+                # from stdin: the preflight runs before anything is installed and leaves no trace
+                answer = self.transport.run([python, "-", "facts", self.profile.workdir],
+                                            stdin=stdin_program(HELPER), timeout=self.profile.command_timeout,
+                                            label="preflight").json()
+            except CommandFailedError as failure:
+                if failure.exit_status in (126, 127):  # the shell could not find or run the interpreter
+                    continue
+                raise
+            self.python = python
+            self.facts = TargetFacts.from_helper(answer)
+            return self.facts
+        tried = ", ".join(self.profile.pythons)
+        raise TargetIncompatibleError(f"{self.target} has no Python at {tried}",
+                                      "install Python 3.5+ there (targets/bluebox2/README.md) or set python in "
+                                      "the target profile (--python)")
 
     def require_facts(self) -> TargetFacts:
         return self.facts if self.facts is not None else self.read_facts()
@@ -199,7 +208,7 @@ class TargetSession:
                              "pid": os.getpid(),
                              "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         lock_path = self.remote_path(LOCK_NAME)
-        process = self.transport.spawn([self.profile.python, self.agent_script(HELPER), "lock", lock_path, holder],
+        process = self.transport.spawn([self.python, self.agent_script(HELPER), "lock", lock_path, holder],
                                        label="lock")
         answer = process.readline(self.profile.command_timeout)
         if answer != "LOCKED":
