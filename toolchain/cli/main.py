@@ -14,6 +14,7 @@ import typer
 
 from toolchain import __version__
 from toolchain.cli import models as models_cli
+from toolchain.cli.output import last_message, plain
 from toolchain.errors import ToolchainError
 
 app = typer.Typer(name="toolchain", no_args_is_help=True, add_completion=False,
@@ -56,6 +57,20 @@ def _register_optional_groups() -> None:
 _register_optional_groups()
 
 
+def _fail(message: str, hint: str | None, exit_code: int) -> None:
+    print(f"error: {plain(message)}", file=sys.stderr)
+    if hint:
+        print(f"hint: {plain(hint)}", file=sys.stderr)
+    sys.exit(exit_code)
+
+
+def _interrupted() -> None:
+    step = last_message()
+    _fail("interrupted" + (f" during: {step}" if step else ""),
+          "temporary files were removed here and on the target; rerun the same command to finish "
+          "(work already done is reused)", 130)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -65,27 +80,21 @@ def run(argv: list[str] | None = None) -> None:
     except ToolchainError as error:
         if debug:
             traceback.print_exc()
-        print(f"error: {error.message}", file=sys.stderr)
-        if error.hint:
-            print(f"hint: {error.hint}", file=sys.stderr)
-        sys.exit(error.exit_code)
+        _fail(error.message, error.hint, error.exit_code)
     except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     except typer.TyperException as error:  # usage errors from the (vendored) click parser
         show = getattr(error, "show", None)
         if show:
             show()
-        else:
-            print(f"error: {error.message}", file=sys.stderr)
-        sys.exit(error.exit_code)
+            sys.exit(error.exit_code)
+        _fail(error.message, None, error.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        if debug:
+            traceback.print_exc()
+        _interrupted()
     except Exception as error:  # a bug, not a user error: say so, keep the detail behind --debug
         if debug:
             traceback.print_exc()
-        print(f"error: internal error: {type(error).__name__}: {error}", file=sys.stderr)
-        print("hint: rerun with --debug and report the traceback", file=sys.stderr)
-        sys.exit(1)
+        _fail(f"internal error: {type(error).__name__}: {error}", "rerun with --debug and report the traceback", 1)
     sys.exit(result if isinstance(result, int) else 0)

@@ -245,8 +245,8 @@ class TargetSession:
                on_progress: UploadProgress | None = None) -> UploadResult:
         """Place `files` in `directory`: each to a temporary name, sha256 checked there, then renamed.
 
-        Files already present with the right hash are not sent. On any failure the temporary files are
-        removed (after a dropped connection, through a new one), so no half-written file is left.
+        Files already present with the right hash are not sent. On any failure or interrupt the temporary
+        files are removed (after a dropped connection, through a new one), so no half-written file is left.
         """
         listing = self.helper("prepare", directory, "create", label=f"listing {directory}")
         present = listing["files"]
@@ -268,7 +268,8 @@ class TargetSession:
             plan = [{"temp": temps[item.name], "final": item.name, "sha256": item.sha256} for item in todo]
             committed = self.helper("commit", directory, stdin=json.dumps(plan).encode(),
                                     label=f"verifying the upload in {directory}")
-        except ConnectionDroppedError:
+        except (ConnectionDroppedError, KeyboardInterrupt):
+            # Ctrl-C too: the connection still works, so the target keeps no half-written file
             self._remove_partial(directory, temps)
             raise
         except TransportError as error:
