@@ -16,6 +16,7 @@ from toolchain import __version__
 from toolchain.cli import models as models_cli
 from toolchain.cli.output import last_message, plain
 from toolchain.errors import ToolchainError
+from toolchain.fsutil import disk_error
 
 app = typer.Typer(name="toolchain", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
@@ -96,5 +97,8 @@ def run(argv: list[str] | None = None) -> None:
     except Exception as error:  # a bug, not a user error: say so, keep the detail behind --debug
         if debug:
             traceback.print_exc()
+        disk = disk_error(error)  # a full or read-only disk met where no boundary expected it
+        if disk is not None:
+            _fail(disk.message, disk.hint, disk.exit_code)
         _fail(f"internal error: {type(error).__name__}: {error}", "rerun with --debug and report the traceback", 1)
     sys.exit(result if isinstance(result, int) else 0)
