@@ -6,6 +6,7 @@ of what to do, exit code 1 (usage errors 2); a traceback only with `--debug`.
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from typing import Annotated
@@ -68,16 +69,28 @@ def _fail(message: str, hint: str | None, exit_code: int) -> None:
 def _interrupted() -> None:
     step = last_message()
     _fail("interrupted" + (f" during: {step}" if step else ""),
-          "temporary files were removed here and on the target; rerun the same command to finish "
-          "(work already done is reused)", 130)
+          "nothing half-written was kept (temporary files and staging folders are removed, here and on the "
+          "target); rerun the same command to finish: finished work is reused", 130)
+
+
+_interrupts: list[int] = []
+
+
+def _on_interrupt(signum: int, _frame: object) -> None:
+    # typer turns KeyboardInterrupt into a silent exit 130: remember that it was one
+    _interrupts.append(signum)
+    raise KeyboardInterrupt
 
 
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    signal.signal(signal.SIGINT, _on_interrupt)
     try:
         result = app(args=args, prog_name="toolchain", standalone_mode=False)
+        if _interrupts:
+            _interrupted()
     except ToolchainError as error:
         if debug:
             traceback.print_exc()

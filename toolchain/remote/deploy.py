@@ -210,6 +210,7 @@ def deploy(profile: TargetProfile, artifact_dir: Path | Artifact, *, clean: bool
             report.agent_dir = session.agent_dir()
             with tempfile.TemporaryDirectory(prefix="toolchain-deploy-") as folder:
                 files = [*artifact.files, _receipt(artifact, report.runtime, session.python, Path(folder))]
+                on_message(f"uploading artifact {artifact.artifact_id} to {transport.target}:{report.remote_dir}")
                 report.upload = session.upload(files, report.remote_dir, what=f"artifact {artifact.artifact_id}",
                                                on_progress=on_progress)
             if clean:
