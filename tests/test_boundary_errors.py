@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -96,17 +97,23 @@ def test_export_refuses_a_corrupt_checkpoint_in_one_line(tmp_path: Path, random_
     assert len(line) < 200
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 48 KiB tmpfs: too small for the models an export writes."""
+@contextmanager
+def tmpfs(mountpoint: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `mountpoint` (created) for the block, lazily unmounted afterwards."""
     require(os.geteuid() == 0 and shutil.which("mount") is not None, "mounting a tmpfs needs root")
-    mountpoint = tmp_path / "tiny disk"
     mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mountpoint)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)], check=True)
     try:
         yield mountpoint
     finally:
         subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 KiB tmpfs: too small for the models an export writes."""
+    with tmpfs(tmp_path / "tiny disk", "size=48k") as mountpoint:
+        yield mountpoint
 
 
 @pytest.mark.parametrize("full", ["artifact store", "pass cache"])
@@ -122,13 +129,7 @@ def test_export_onto_a_full_disk_names_the_file_and_leaves_nothing(tmp_path: Pat
 
 
 def test_export_into_a_read_only_store_is_refused_before_any_work(tmp_path: Path, random_checkpoint: Path) -> None:
-    require(os.geteuid() == 0 and shutil.which("mount") is not None, "mounting a tmpfs needs root")
-    mountpoint = tmp_path / "read-only"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mountpoint)], check=True)
-    try:
+    with tmpfs(tmp_path / "read-only", "ro,size=64k") as mountpoint:
         result = run_cli("export", "--model", MODEL, "--checkpoint", str(random_checkpoint), "--artifacts",
                          str(mountpoint / "store"))
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
     assert_one_error(result, str(mountpoint), "not writable")
