@@ -28,7 +28,7 @@ demo MODEL="hps-06-0.5x":
     {{bin}}/toolchain export --model '{{MODEL}}'
     @echo "== bench on the local target: the same agent and JSON schema the Bluebox runs" >&2
     {{bin}}/toolchain bench --model '{{MODEL}}' --threads 1,2
-    @echo "== done: artifacts/{{MODEL}}/ holds the models, manifest.json and bench/*.json; on a Bluebox: toolchain deploy --model {{MODEL}} --host 10.234.224.16" >&2
+    @echo "== done: artifacts/{{MODEL}}/ holds the models, manifest.json and bench/*.json; on a Bluebox: toolchain deploy --model {{MODEL}} --target bluebox2 --host 10.234.224.16" >&2
 
 # benchmarks; results in benchmarks/results/*.json
 bench:

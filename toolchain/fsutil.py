@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,23 @@ from typing import Any, Iterator
 from toolchain.errors import ArtifactError
 
 
+# a full, read-only or forbidden disk: the user's to fix, whichever library's call met it
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+DISK_HINT = ("free space or fix permissions there (the artifact store: --artifacts; the pass cache: "
+             "TOOLCHAIN_PASS_CACHE; temporary files: TMPDIR) and rerun")
+
+
+def disk_error(exc: BaseException, hint: str = DISK_HINT, path: Path | None = None) -> ArtifactError | None:
+    """An OS error of a full, read-only or unwritable disk as one error naming the file (None: another error).
+
+    `path`: the file the caller was writing, for errors that name none (a library's write()).
+    """
+    if not isinstance(exc, OSError) or exc.errno not in DISK_ERRNOS:
+        return None
+    name = exc.filename2 if exc.filename2 is not None else exc.filename if exc.filename is not None else path
+    where = f"cannot write {os.fsdecode(name)}" if name is not None else "cannot write a file"
+    return ArtifactError(f"{where}: {exc.strerror or exc}", hint)
+
 
 def cache_root() -> Path:
     """Where downloads, built images and cached passes are kept between runs: $TOOLCHAIN_CACHE or ~/.cache/toolchain.
@@ -20,6 +38,7 @@ def cache_root() -> Path:
     Not created here. Holds the aarch64 wheels, the emulated Bluebox's root filesystem and the pass cache.
     """
     return Path(os.environ.get("TOOLCHAIN_CACHE") or "~/.cache/toolchain").expanduser()
+
 
 def ensure_writable_dir(path: Path, what: str) -> Path:
     """Create ``path`` if needed and check we can write into it, or fail with a clear error."""
@@ -65,22 +84,27 @@ STAGING_PREFIX = ".staging-"
 
 
 @contextlib.contextmanager
-def staging_folder(root: Path) -> Iterator[Path]:
+def staging_folder(root: Path, where: str = "--artifacts") -> Iterator[Path]:
     """A fresh folder inside ``root`` to build a result in, named after this process; removed if the block fails.
 
     A process killed before it could clean up leaves its folder behind: `sweep_stale_staging` removes
-    those whose process is gone.
+    those whose process is gone. A full or unwritable disk met inside the block ends as one ArtifactError
+    naming the file (`where` says how to choose another folder).
     """
     ensure_writable_dir(root, "artifact folder")
     try:
         folder = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root))
     except OSError as exc:
         raise ArtifactError(f"cannot write to {root}: {exc.strerror or exc}",
-                            "choose a folder you can write to (--artifacts)") from None
+                            f"choose a folder you can write to ({where})") from None
     try:
         yield folder
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(folder, ignore_errors=True)
+        failure = disk_error(exc, f"free space in {root} (or choose another folder: {where}) and rerun; "
+                                  "nothing was kept")
+        if failure is not None:
+            raise failure from None
         raise
 
 

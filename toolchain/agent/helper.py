@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import zipfile
@@ -229,21 +230,63 @@ def op_clean(workdir, keep):
     emit({"removed": removed, "freed_bytes": freed})
 
 
+def safe_relative(path):
+    """`path` as a relative path of plain components, or None where it is absolute, empty or climbs out."""
+    parts = path.split("/")
+    if not path or "\\" in path or "\0" in path or any(part in ("", ".", "..") for part in parts):
+        return None
+    return "/".join(parts)
+
+
+def member_kind(info):
+    """The Unix file type of a zip member ("file", "dir" or "other": a link, device or fifo)."""
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if info.filename.endswith("/") or kind == stat.S_IFDIR:
+        return "dir"
+    return "file" if kind in (0, stat.S_IFREG) else "other"
+
+
 def wheel_members(archive):
-    """(member, destination) pairs of a wheel, .data/purelib and .data/platlib mapped to the top."""
+    """(member, destination) pairs of a wheel, .data/purelib and .data/platlib mapped to the top.
+
+    Every destination is checked after the prefix is stripped (a member ".data/purelib//etc/x" is as
+    absolute as "/etc/x"); links and other special files are refused, never unpacked.
+    """
     pairs = []
-    for member in archive.namelist():
-        if member.endswith("/"):
+    for info in archive.infolist():
+        member = info.filename
+        kind = member_kind(info)
+        if kind == "dir":
             continue
-        parts = member.split("/")
-        if member.startswith("/") or ".." in parts:
+        if kind != "file":
+            raise Refused("wheel member %r is a link or special file; refusing the wheel" % member)
+        target = safe_relative(member)
+        if target is None:
             raise Refused("wheel member %r escapes the install folder" % member)
+        parts = target.split("/")
         if parts[0].endswith(".data"):
             if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
                 continue  # scripts, headers, data: not needed to import the package
-            parts = parts[2:]
-        pairs.append((member, "/".join(parts)))
+            target = safe_relative(member.split("/", 2)[2])
+            if target is None:
+                raise Refused("wheel member %r escapes the install folder" % member)
+        pairs.append((member, target))
     return pairs
+
+
+def unpack_member(archive, member, root, target):
+    """Write one member below `root`, never through a link and never outside it."""
+    path = os.path.join(root, target)
+    real_root = os.path.realpath(root)
+    if not os.path.realpath(path).startswith(real_root + os.sep):
+        raise Refused("wheel member %r escapes the install folder" % member)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        os.makedirs(parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with archive.open(member) as source, os.fdopen(fd, "wb") as sink:
+        shutil.copyfileobj(source, sink, 1 << 20)
 
 
 def op_install_runtime(destination, marker_json, *wheels):
@@ -256,12 +299,7 @@ def op_install_runtime(destination, marker_json, *wheels):
         for wheel in wheels:
             with zipfile.ZipFile(wheel) as archive:
                 for member, target in wheel_members(archive):
-                    path = os.path.join(staging, target)
-                    parent = os.path.dirname(path)
-                    if not os.path.isdir(parent):
-                        os.makedirs(parent)
-                    with archive.open(member) as source, open(path, "wb") as sink:
-                        shutil.copyfileobj(source, sink, 1 << 20)
+                    unpack_member(archive, member, staging, target)
         with open(os.path.join(staging, RUNTIME_MARKER), "w") as handle:
             handle.write(marker_json)
         if os.path.isdir(destination):
@@ -270,8 +308,11 @@ def op_install_runtime(destination, marker_json, *wheels):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    for wheel in wheels:
-        os.remove(wheel)
+    finally:
+        # a refused or half-unpacked wheel is not kept either: the next provisioning uploads it again
+        for wheel in wheels:
+            if os.path.exists(wheel):
+                os.remove(wheel)
     emit({"installed": destination, "bytes": tree_bytes(destination)})
 
 
@@ -314,7 +355,7 @@ def main(argv):
         return 2
     try:
         OPERATIONS[argv[0]](*argv[1:])
-    except Refused as exc:
+    except (Refused, zipfile.BadZipFile) as exc:
         sys.stderr.write("error: %s\n" % exc)
         return 2
     except (IOError, OSError) as exc:

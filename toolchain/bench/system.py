@@ -157,7 +157,7 @@ class TargetSystem(BenchSystem):
                 remote = {"profile": profile.name, "address": profile.address, "emulated": profile.emulated,
                           "remote_dir": remote_dir, "runtime": runtime,
                           "agreement_threshold_pct": AGREEMENT_THRESHOLD_PCT}
-                yield AgentRun(transport, profile.python, session.agent_script(), remote_dir,
+                yield AgentRun(transport, session.python, session.agent_script(), remote_dir,
                                f"{remote_dir}/bench-{started:%Y%m%dT%H%M%SZ}.json",
                                env={"PYTHONPATH": runtime["pythonpath"]} if runtime.get("pythonpath") else None,
                                timeout=profile.bench.timeout, emulated=profile.emulated,

@@ -24,7 +24,7 @@ BENCH_EXAMPLE = "toolchain bench --model hps-06-0.5x"
 
 BenchTargetOption = Annotated[str, typer.Option(
     "--target", "-t", help="Where to measure: 'local' (this machine, default) or a target profile "
-    "(bluebox2, emulated, a target.toml path).")]
+    "(linux, bluebox2, emulated, a target.toml path).")]
 
 
 @connects(BenchTargetOption, LOCAL)

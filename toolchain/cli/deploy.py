@@ -29,7 +29,7 @@ NumpyOption = Annotated[Optional[str], typer.Option(
     "--numpy", help="numpy version for the target, or 'newest' (overrides the profile).")]
 WheelsOption = Annotated[Optional[Path], typer.Option(
     "--wheels", help="Folder of .whl files to provision from, without contacting the package index.")]
-DEPLOY_EXAMPLE = "toolchain deploy --model hps-06-0.5x --host 10.234.224.16"
+DEPLOY_EXAMPLE = "toolchain deploy --model hps-06-0.5x --target bluebox2 --host 10.234.224.16"
 
 
 def _show_report(report: "DeployReport") -> None:

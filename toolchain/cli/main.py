@@ -6,6 +6,7 @@ of what to do, exit code 1 (usage errors 2); a traceback only with `--debug`.
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from typing import Annotated
@@ -14,7 +15,9 @@ import typer
 
 from toolchain import __version__
 from toolchain.cli import models as models_cli
+from toolchain.cli.output import last_message, plain
 from toolchain.errors import ToolchainError
+from toolchain.fsutil import disk_error
 
 app = typer.Typer(name="toolchain", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
@@ -56,36 +59,59 @@ def _register_optional_groups() -> None:
 _register_optional_groups()
 
 
+def _fail(message: str, hint: str | None, exit_code: int) -> None:
+    print(f"error: {plain(message)}", file=sys.stderr)
+    if hint:
+        print(f"hint: {plain(hint)}", file=sys.stderr)
+    sys.exit(exit_code)
+
+
+def _interrupted() -> None:
+    step = last_message()
+    _fail("interrupted" + (f" during: {step}" if step else ""),
+          "nothing half-written was kept (temporary files and staging folders are removed, here and on the "
+          "target); rerun the same command to finish: finished work is reused", 130)
+
+
+_interrupts: list[int] = []
+
+
+def _on_interrupt(signum: int, _frame: object) -> None:
+    # typer turns KeyboardInterrupt into a silent exit 130: remember that it was one
+    _interrupts.append(signum)
+    raise KeyboardInterrupt
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    signal.signal(signal.SIGINT, _on_interrupt)
     try:
         result = app(args=args, prog_name="toolchain", standalone_mode=False)
+        if _interrupts:
+            _interrupted()
     except ToolchainError as error:
         if debug:
             traceback.print_exc()
-        print(f"error: {error.message}", file=sys.stderr)
-        if error.hint:
-            print(f"hint: {error.hint}", file=sys.stderr)
-        sys.exit(error.exit_code)
+        _fail(error.message, error.hint, error.exit_code)
     except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     except typer.TyperException as error:  # usage errors from the (vendored) click parser
         show = getattr(error, "show", None)
         if show:
             show()
-        else:
-            print(f"error: {error.message}", file=sys.stderr)
-        sys.exit(error.exit_code)
+            sys.exit(error.exit_code)
+        _fail(error.message, None, error.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        if debug:
+            traceback.print_exc()
+        _interrupted()
     except Exception as error:  # a bug, not a user error: say so, keep the detail behind --debug
         if debug:
             traceback.print_exc()
-        print(f"error: internal error: {type(error).__name__}: {error}", file=sys.stderr)
-        print("hint: rerun with --debug and report the traceback", file=sys.stderr)
-        sys.exit(1)
+        disk = disk_error(error)  # a full or read-only disk met where no boundary expected it
+        if disk is not None:
+            _fail(disk.message, disk.hint, disk.exit_code)
+        _fail(f"internal error: {type(error).__name__}: {error}", "rerun with --debug and report the traceback", 1)
     sys.exit(result if isinstance(result, int) else 0)

@@ -40,8 +40,8 @@ DEFAULT_ARTIFACTS = Path("artifacts")
 
 # --- connection options (deploy, bench, target check, target bench) -----------------------------
 TargetOption = Annotated[Optional[str], typer.Option(
-    "--target", "-t", help="Target profile: a name under targets/ (bluebox2, emulated) or a target.toml path "
-    "(default: bluebox2).", envvar="TOOLCHAIN_TARGET")]
+    "--target", "-t", help="Target profile: a name under targets/ (linux, bluebox2, emulated) or a target.toml "
+    "path (default: linux, any Linux box: arch and Python from its preflight).", envvar="TOOLCHAIN_TARGET")]
 HostOption = Annotated[Optional[str], typer.Option(
     "--host", help="Target address or ~/.ssh/config alias (overrides the profile; 'local': this machine, "
     "for a profile whose arch matches it).")]
@@ -53,7 +53,8 @@ IdentityFileOption = Annotated[Optional[Path], typer.Option(
 KnownHostsOption = Annotated[Optional[Path], typer.Option(
     "--known-hosts", help="known_hosts file the target's host key is checked against.")]
 WorkdirOption = Annotated[Optional[str], typer.Option("--workdir", help="Work folder on the target.")]
-PythonOption = Annotated[Optional[str], typer.Option("--python", help="Python interpreter on the target.")]
+PythonOption = Annotated[Optional[str], typer.Option(
+    "--python", help="Python interpreter on the target (replaces the profile's search list).")]
 AcceptNewHostKeyOption = Annotated[bool, typer.Option(
     "--accept-new-host-key", help="Trust and record the target's host key if known_hosts has none for it "
     "(like OpenSSH's accept-new); a changed key is still refused.")]

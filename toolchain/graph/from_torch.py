@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from toolchain.errors import ExportError
+from toolchain.fsutil import disk_error
 from toolchain.pipeline.config import DEFAULT_OPSET, ExportSettings
 
 INPUT_NAME = "input"
@@ -68,9 +69,9 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: Path, opset: int =
         _run_exporter(model, sample, path, opset, exporter)
     except Exception as exc:  # the exporters raise many types; all mean the same to the user
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"torch.onnx.export ({exporter}) failed at opset {opset}: {detail[:200]}",
-                          "try another --opset, or --exporter " +
-                          ("torchscript" if exporter == "dynamo" else "dynamo")) from None
+        raise disk_error(exc, path=path) or ExportError(
+            f"torch.onnx.export ({exporter}) failed at opset {opset}: {detail[:200]}",
+            "try another --opset, or --exporter " + ("torchscript" if exporter == "dynamo" else "dynamo")) from None
     exported = onnx.load(str(path))
     found = written_opset(exported)
     if found != opset:

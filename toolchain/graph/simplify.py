@@ -18,6 +18,7 @@ import onnx
 
 from toolchain.graph.batchnorm import rewrite_batchnorm_after_relu
 from toolchain.errors import SimplifyError
+from toolchain.fsutil import disk_error
 
 _ONNXSIM_PREFIX = "onnxsim."
 
@@ -43,8 +44,8 @@ def onnxsim_model(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
         simplified, check_ok = onnxsim.simplify(model)
     except Exception as exc:  # onnxsim raises RuntimeError, ValueError, onnx errors...
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SimplifyError(f"onnxsim failed on {name}: {detail[:200]}",
-                            "rerun with --no-simplify to keep the unsimplified model") from None
+        raise disk_error(exc) or SimplifyError(f"onnxsim failed on {name}: {detail[:200]}",
+                                               "rerun with --no-simplify to keep the unsimplified model") from None
     if not check_ok:
         raise SimplifyError(f"onnxsim's simplified {name} does not compute what the original does",
                             "rerun with --no-simplify to keep the unsimplified model")

@@ -135,7 +135,7 @@ class Runner:
         if final_folder is not None:
             result = item.run(record, self.context, final_folder)  # type: ignore[arg-type]
             return self._checked(item, key, result, started, cache=False)
-        with staging_folder(self.cache.root) as folder:
+        with staging_folder(self.cache.root, "TOOLCHAIN_PASS_CACHE") as folder:
             result = item.run(record, self.context, folder)  # type: ignore[arg-type]
             result = self._checked(item, key, result, started, cache=True)
             published = self.cache.publish(folder, key, result, self.lineage[-1].seconds)

@@ -21,7 +21,8 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
-from toolchain.errors import QuantizationError, UsageError
+from toolchain.errors import ArtifactError, QuantizationError, UsageError
+from toolchain.fsutil import disk_error
 from toolchain.graph.qdq import drop_unused_opset_imports, keep_float_weights
 from toolchain.pipeline.config import QuantSettings
 
@@ -72,9 +73,10 @@ def _ort_enums(settings: QuantSettings) -> tuple:
     return method, quant_format, activation, QuantType.QInt8
 
 
-def _failure(stage: str, exc: Exception) -> QuantizationError:
+def _failure(stage: str, exc: Exception) -> QuantizationError | ArtifactError:
+    """ORT's error as the stage's failure (a full or unwritable disk as what it is)."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return QuantizationError(f"{stage} failed: {detail[:200]}",
+    return disk_error(exc) or QuantizationError(f"{stage} failed: {detail[:200]}",
                              "try --format qdq or --method minmax; rerun with --debug for the traceback")
 
 

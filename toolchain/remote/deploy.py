@@ -153,13 +153,13 @@ class DeployReport:
                 "bytes_sent": self.bytes_sent, "cleaned": self.cleaned, "seconds": round(self.seconds, 3)}
 
 
-def _receipt(artifact: Artifact, runtime: Runtime, profile: TargetProfile, folder: Path) -> LocalFile:
+def _receipt(artifact: Artifact, runtime: Runtime, python: str, folder: Path) -> LocalFile:
     """deploy.json: deterministic (no time stamp, no history), so an unchanged redeploy leaves it untouched."""
     path = folder / RECEIPT
     recorded = {key: value for key, value in runtime.to_dict().items() if key != "source"}
     path.write_text(json.dumps({"artifact_id": artifact.artifact_id, "model": artifact.model,
                                 "files": {item.name: item.sha256 for item in artifact.files},
-                                "python": profile.python, "runtime": recorded},
+                                "python": python, "runtime": recorded},
                                indent=2, sort_keys=True) + "\n")
     return LocalFile(RECEIPT, path, sha256_file(path), path.stat().st_size)
 
@@ -209,7 +209,8 @@ def deploy(profile: TargetProfile, artifact_dir: Path | Artifact, *, clean: bool
             report.remote_dir = session.remote_path(artifact.artifact_id)
             report.agent_dir = session.agent_dir()
             with tempfile.TemporaryDirectory(prefix="toolchain-deploy-") as folder:
-                files = [*artifact.files, _receipt(artifact, report.runtime, profile, Path(folder))]
+                files = [*artifact.files, _receipt(artifact, report.runtime, session.python, Path(folder))]
+                on_message(f"uploading artifact {artifact.artifact_id} to {transport.target}:{report.remote_dir}")
                 report.upload = session.upload(files, report.remote_dir, what=f"artifact {artifact.artifact_id}",
                                                on_progress=on_progress)
             if clean:

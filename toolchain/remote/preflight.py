@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from toolchain.errors import TargetIncompatibleError
 from toolchain.remote.session import TargetFacts, format_mb
-from toolchain.remote.target import TargetProfile
+from toolchain.remote.target import ANY_ARCH, TargetProfile
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 # the agent and the helper are written for Python 3.5 (a stock Ubuntu 16.04 Bluebox)
@@ -45,8 +45,10 @@ def _runtime_value(version: str | None, error: str | None) -> str:
 def preflight_checks(facts: TargetFacts, profile: TargetProfile, needed_bytes: int) -> list[Check]:
     """The table rows for these facts against the profile; `needed_bytes` is what the deploy will write."""
     checks = []
-    arch_ok = _arch(facts.arch) == _arch(profile.arch)
-    checks.append(Check("arch", facts.arch, OK if arch_ok else FAIL, f"profile: {profile.arch}",
+    any_arch = profile.arch == ANY_ARCH
+    arch_ok = any_arch or _arch(facts.arch) == _arch(profile.arch)
+    checks.append(Check("arch", facts.arch, OK if arch_ok else FAIL,
+                        "profile: any (taken from the target)" if any_arch else f"profile: {profile.arch}",
                         "" if arch_ok else f"pick the profile of this machine with --target, or correct arch "
                                            f"in {profile.source or 'the profile'}"))
     checks.append(Check("os", f"{facts.os} (kernel {facts.kernel})", INFO))

@@ -30,7 +30,7 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from toolchain.errors import ProvisioningError
+from toolchain.errors import CommandFailedError, ProvisioningError
 from toolchain.fsutil import atomic_write_bytes
 from toolchain.hashing import sha256_file
 from toolchain.fsutil import cache_root
@@ -41,6 +41,10 @@ NUMPY = "numpy"
 NEWEST = "newest"
 DEFAULT_INDEX = os.environ.get("TOOLCHAIN_INDEX_URL", "https://pypi.org/simple")
 INDEX_MAX_AGE_S = 6 * 3600
+# beside --wheels files: their sha256 (`sha256sum *.whl > SHA256SUMS`); in the cache: the hashes of
+# downloads the index published none for, recorded on first download
+SUMS_FILE = "SHA256SUMS"
+LOCK_FILE = "wheels.lock"
 # onnxruntime wheels before 1.19 were built against numpy 1.x and fail to import with numpy 2
 # (microsoft/onnxruntime#21063, fixed in 1.19.0); their metadata does not say so.
 FIRST_ORT_FOR_NUMPY2 = Version("1.19")
@@ -291,12 +295,35 @@ class WheelIndex:
         return wheels
 
     def fetch(self, wheel: WheelFile, platform: TargetPlatform) -> Path:
-        """The wheel file in the local cache: `pip download` with the target's tags, sha256 checked."""
+        """The wheel file, checked against a sha256: the index's, the lock file's, or the folder's SHA256SUMS."""
         if self.wheel_dir is not None:
-            return self.wheel_dir / wheel.filename
+            return self._checked_local(wheel.filename)
         path = self.cache_dir / wheel.filename
-        if path.is_file() and (not wheel.sha256 or sha256_file(path) == wheel.sha256):
+        lock = self.cache_dir / LOCK_FILE
+        expected = wheel.sha256 or read_sums(lock).get(wheel.filename, "")
+        if path.is_file() and expected and sha256_file(path) == expected:
             return path
+        downloaded_hash = self._download(wheel, platform, path, expected)
+        if not expected:  # trust on first download: the lock file pins this file from now on
+            record_sum(lock, wheel.filename, downloaded_hash)
+        return path
+
+    def _checked_local(self, filename: str) -> Path:
+        assert self.wheel_dir is not None
+        path, sums_file = self.wheel_dir / filename, self.wheel_dir / SUMS_FILE
+        expected = read_sums(sums_file).get(filename)
+        hint = f"list the wheels' hashes beside them: (cd {self.wheel_dir} && sha256sum *.whl > {SUMS_FILE})"
+        if expected is None:
+            raise ProvisioningError(f"{sums_file} lists no sha256 for {filename}" if sums_file.is_file()
+                                    else f"the wheel folder {self.wheel_dir} has no {SUMS_FILE}", hint)
+        if sha256_file(path) != expected:
+            raise ProvisioningError(f"{path} does not match its sha256 in {sums_file}",
+                                    "the file changed since SHA256SUMS was written: fetch it again from a source "
+                                    "you trust")
+        return path
+
+    def _download(self, wheel: WheelFile, platform: TargetPlatform, path: Path, expected: str) -> str:
+        """`pip download` with the target's tags into the cache; returns the file's sha256 (checked if known)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".download-") as folder:
             command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -315,11 +342,33 @@ class WheelIndex:
                 detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
                 raise ProvisioningError(f"pip download of {wheel.filename} failed: {detail}",
                                         "check the connection to the package index (or use --wheels DIR)")
-            if wheel.sha256 and sha256_file(downloaded) != wheel.sha256:
-                raise ProvisioningError(f"{wheel.filename} from the index does not match its published sha256",
-                                        "retry; if it persists, the index or a proxy serves a wrong file")
+            digest = sha256_file(downloaded)
+            if expected and digest != expected:
+                source = "its published sha256" if wheel.sha256 else f"its sha256 in {self.cache_dir / LOCK_FILE}"
+                raise ProvisioningError(f"{wheel.filename} from the index does not match {source}",
+                                        "retry; if it persists, the index or a proxy serves a different file")
             os.replace(downloaded, path)
-        return path
+        return digest
+
+
+def read_sums(path: Path) -> dict[str, str]:
+    """A `sha256sum` listing (`<hex>  <name>`, or `<hex> *<name>`) as name -> hex; {} when there is none."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    sums = {}
+    for line in lines:
+        match = re.match(r"^([0-9a-fA-F]{64}) [ *](.+)$", line.strip())
+        if match:
+            sums[match.group(2).strip()] = match.group(1).lower()
+    return sums
+
+
+def record_sum(path: Path, filename: str, digest: str) -> None:
+    """Add one wheel's sha256 to the lock file (same format as SHA256SUMS)."""
+    sums = {**read_sums(path), filename: digest}
+    atomic_write_bytes(path, "".join(f"{value}  {name}\n" for name, value in sorted(sums.items())).encode())
 
 
 def numpy_requirement(onnxruntime_wheel: Path, ort_version: Version) -> SpecifierSet:
@@ -430,7 +479,12 @@ def provision_runtime(session: TargetSession, onnxruntime: str, numpy: str, inde
                          "python_tag": platform.abi, "wheels": [item.name for item in files],
                          "sha256": {item.name: item.sha256 for item in files}})
     on_message(f"unpacking the wheels on the target into {runtime_root}/{name}")
-    session.helper("install-runtime", f"{runtime_root}/{name}", marker,
-                   *(f"{runtime_root}/{item.name}" for item in files), label="installing the runtime")
+    try:
+        session.helper("install-runtime", f"{runtime_root}/{name}", marker,
+                       *(f"{runtime_root}/{item.name}" for item in files), label="installing the runtime")
+    except CommandFailedError as error:
+        reason = error.stderr.strip().splitlines()[-1].removeprefix("error: ") if error.stderr.strip() else error.message
+        raise ProvisioningError(f"unpacking the wheels on {session.target} failed: {reason}",
+                                "nothing was installed; use wheels from the package index (or check --wheels)") from None
     return Runtime(str(ort_wheel.version), numpy_version, f"{runtime_root}/{name}", "provisioned now",
                    tuple(item.name for item in files))

@@ -132,6 +132,8 @@ class TargetSession:
         self.transport = transport
         self.profile = profile
         self.facts: TargetFacts | None = None
+        #: the target's interpreter: the profile's first until the preflight finds the one it has
+        self.python = profile.python
         self._agent_dir: str | None = None
 
     @property
@@ -142,10 +144,10 @@ class TargetSession:
         """The target's folder of this version's target-side package, installed first if it is not there."""
         if self._agent_dir is None:
             timeout = self.profile.command_timeout
-            answer = self.transport.run(bootstrap_command(self.profile.python, self.profile.workdir),
+            answer = self.transport.run(bootstrap_command(self.python, self.profile.workdir),
                                         timeout=timeout, label="looking for the toolchain agent").json()
             if not answer["ready"]:
-                answer = self.transport.run(bootstrap_command(self.profile.python, self.profile.workdir, True),
+                answer = self.transport.run(bootstrap_command(self.python, self.profile.workdir, True),
                                             stdin=agent_package().archive, timeout=timeout,
                                             label="installing the toolchain agent").json()
             if not answer["ready"]:
@@ -161,26 +163,33 @@ class TargetSession:
     def helper(self, operation: str, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None,
                timeout: float | None = None, label: str | None = None) -> Any:
         """Run one helper operation with the target's Python and return its JSON answer."""
-        result = self.transport.run([self.profile.python, self.agent_script(HELPER), operation, *args], stdin=stdin,
+        result = self.transport.run([self.python, self.agent_script(HELPER), operation, *args], stdin=stdin,
                                     env=env, timeout=timeout or self.profile.command_timeout,
                                     label=label or f"{operation} (toolchain helper)")
         return result.json()
 
     def read_facts(self) -> TargetFacts:
-        """Ask the target about itself (architecture, Python, glibc, CPU, disk, onnxruntime), writing nothing there."""
-        try:
-            # from stdin: the preflight runs before anything is installed and leaves no trace
-            answer = self.transport.run([self.profile.python, "-", "facts", self.profile.workdir],
-                                        stdin=stdin_program(HELPER), timeout=self.profile.command_timeout,
-                                        label="preflight").json()
-        except CommandFailedError as failure:
-            if failure.exit_status in (126, 127):  # the shell could not find or run the interpreter
-                raise TargetIncompatibleError(f"{self.target} has no Python at {self.profile.python}",
-                                              "install Python 3.5+ there (targets/bluebox2/README.md) or set "
-                                              "python in the target profile (--python)") from None
-            raise
-        self.facts = TargetFacts.from_helper(answer)
-        return self.facts
+        """Ask the target about itself (architecture, Python, glibc, CPU, disk, onnxruntime), writing nothing there.
+
+        The profile's interpreters are tried in order; the first the target has runs everything after.
+        """
+        for python in self.profile.pythons:
+            try:
+                # from stdin: the preflight runs before anything is installed and leaves no trace
+                answer = self.transport.run([python, "-", "facts", self.profile.workdir],
+                                            stdin=stdin_program(HELPER), timeout=self.profile.command_timeout,
+                                            label="preflight").json()
+            except CommandFailedError as failure:
+                if failure.exit_status in (126, 127):  # the shell could not find or run the interpreter
+                    continue
+                raise
+            self.python = python
+            self.facts = TargetFacts.from_helper(answer)
+            return self.facts
+        tried = ", ".join(self.profile.pythons)
+        raise TargetIncompatibleError(f"{self.target} has no Python at {tried}",
+                                      "install Python 3.5+ there (targets/bluebox2/README.md) or set python in "
+                                      "the target profile (--python)")
 
     def require_facts(self) -> TargetFacts:
         return self.facts if self.facts is not None else self.read_facts()
@@ -199,7 +208,7 @@ class TargetSession:
                              "pid": os.getpid(),
                              "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         lock_path = self.remote_path(LOCK_NAME)
-        process = self.transport.spawn([self.profile.python, self.agent_script(HELPER), "lock", lock_path, holder],
+        process = self.transport.spawn([self.python, self.agent_script(HELPER), "lock", lock_path, holder],
                                        label="lock")
         answer = process.readline(self.profile.command_timeout)
         if answer != "LOCKED":
@@ -236,8 +245,8 @@ class TargetSession:
                on_progress: UploadProgress | None = None) -> UploadResult:
         """Place `files` in `directory`: each to a temporary name, sha256 checked there, then renamed.
 
-        Files already present with the right hash are not sent. On any failure the temporary files are
-        removed (after a dropped connection, through a new one), so no half-written file is left.
+        Files already present with the right hash are not sent. On any failure or interrupt the temporary
+        files are removed (after a dropped connection, through a new one), so no half-written file is left.
         """
         listing = self.helper("prepare", directory, "create", label=f"listing {directory}")
         present = listing["files"]
@@ -259,7 +268,8 @@ class TargetSession:
             plan = [{"temp": temps[item.name], "final": item.name, "sha256": item.sha256} for item in todo]
             committed = self.helper("commit", directory, stdin=json.dumps(plan).encode(),
                                     label=f"verifying the upload in {directory}")
-        except ConnectionDroppedError:
+        except (ConnectionDroppedError, KeyboardInterrupt):
+            # Ctrl-C too: the connection still works, so the target keeps no half-written file
             self._remove_partial(directory, temps)
             raise
         except TransportError as error:

@@ -23,7 +23,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-DEFAULT_TARGET = "bluebox2"
+# `--host X` alone: any Linux box (arch and Python taken from its preflight); bluebox2 checks and pins more
+DEFAULT_TARGET = "linux"
+# `arch = "auto"`: whatever the preflight finds (the generic linux profile)
+ANY_ARCH = "auto"
 LOCAL_HOST = "local"
 PROFILE_FILE = "target.toml"
 _REPO_TARGETS = Path(__file__).resolve().parents[2] / "targets"
@@ -61,7 +64,9 @@ class TargetProfile:
     arch: str = "aarch64"
     cores: int | None = None
     cpu: str | None = None
+    # the interpreter in use: the first of `python_search` that the target has (the preflight decides)
     python: str = "python3"
+    python_search: tuple[str, ...] = ()
     workdir: str = "~/toolchain"
     min_free_mb: int = 16
     # [runtime]: a version pins it, "newest" takes the newest wheel that fits the target
@@ -80,9 +85,19 @@ class TargetProfile:
             return LOCAL_HOST
         return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
 
+    @property
+    def pythons(self) -> tuple[str, ...]:
+        """The interpreters to try on the target, in order."""
+        return self.python_search or (self.python,)
+
     def with_overrides(self, **values: Any) -> "TargetProfile":
-        """A copy with the given fields replaced; None means "not given" and keeps the current value."""
+        """A copy with the given fields replaced; None means "not given" and keeps the current value.
+
+        A `python` given alone replaces the profile's search list too.
+        """
         given = {key: value for key, value in values.items() if value is not None}
+        if "python" in given:
+            given.setdefault("python_search", ())
         unknown = set(given) - {item.name for item in dataclasses.fields(self)}
         if unknown:
             raise TypeError(f"unknown profile fields: {sorted(unknown)}")
@@ -104,7 +119,7 @@ _SECTIONS: dict[str | None, dict[str, type | tuple[type, ...]]] = {
     "connection": {"host": str, "port": int, "user": str, "identity_file": str, "known_hosts": str,
                    "ssh_config": str, "use_agent": bool, "connect_timeout": (int, float),
                    "command_timeout": (int, float), "keepalive": (int, float)},
-    "target": {"arch": str, "cores": int, "cpu": str, "python": str, "workdir": str, "min_free_mb": int},
+    "target": {"arch": str, "cores": int, "cpu": str, "python": (str, list), "workdir": str, "min_free_mb": int},
     "runtime": {"onnxruntime": str, "numpy": str},
     "bench": {"threads": list, "batch": int, "warmup": int, "runs": int, "min_time": (int, float),
               "timeout": (int, float)},
@@ -164,12 +179,22 @@ def parse_profile(path: Path, text: str) -> TargetProfile:
         bench["min_time_s"] = float(bench.pop("min_time"))
     if "emulation" in document:
         values["emulation"] = EmulationSettings(**_section_values(path, document, "emulation"))
+    if isinstance(values.get("python"), list):
+        values["python_search"] = _python_search(path, values["python"])
+        values["python"] = values["python_search"][0]
     for key in ("onnxruntime", "numpy"):
         if key in values and not _VERSION.match(values[key]):
             raise TargetConfigError(f"{path}: {key} = {values[key]!r} is not a version",
                                     'write a version like "1.16.3", or "newest"')
     values.setdefault("name", path.parent.name if path.name == PROFILE_FILE else path.stem)
     return TargetProfile(source=path, bench=BenchDefaults(**bench), **values)
+
+
+def _python_search(path: Path, candidates: list[Any]) -> tuple[str, ...]:
+    if not candidates or not all(isinstance(item, str) and item for item in candidates):
+        raise TargetConfigError(f"{path}: python must be a path or a non-empty list of paths",
+                                'e.g. python = ["/opt/python3.11/bin/python3", "python3"]')
+    return tuple(candidates)
 
 
 def profile_path(reference: str | Path | None) -> Path:

@@ -123,9 +123,7 @@ def read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types (KeyError for plain text)
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        reason = "not a torch.save file" if isinstance(exc, (KeyError, EOFError)) else detail
-        raise CheckpointError(f"cannot load checkpoint {path}: {reason or type(exc).__name__}",
+        raise CheckpointError(f"cannot load checkpoint {path}: {_load_failure(exc)}",
                               "it must be a torch.save(model.state_dict()) file "
                               "(whole pickled models are refused: weights_only=True)") from None
     for key in _WRAPPER_KEYS:
@@ -138,6 +136,22 @@ def read_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     if all(k.startswith("module.") for k in obj):  # saved from nn.DataParallel
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
+
+
+def _load_failure(exc: Exception) -> str:
+    """What torch.load's error means, in a few words (its weights-only messages run to a paragraph)."""
+    text = str(exc).strip()
+    if isinstance(exc, (KeyError, EOFError)) or not text:
+        return "not a torch.save file"
+    if "WeightsUnpickler error:" in text:
+        detail = next((line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines()
+                       if line.strip()), "")
+        if detail.startswith("Unsupported global"):
+            return "it pickles Python objects, not only tensors (refused: loading it could run code)"
+        return f"not a torch.save file ({detail})" if detail else "not a torch.save file"
+    if "central directory" in text or "PytorchStreamReader" in text:
+        return "the file is truncated or corrupted (not a complete torch.save archive)"
+    return text.splitlines()[0][:300]
 
 
 def _infer_shape_options(state: dict[str, "torch.Tensor"]) -> tuple[int, int]:
