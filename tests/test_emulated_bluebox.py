@@ -41,13 +41,15 @@ def snapshot(folder: Path) -> dict[str, int]:
 
 
 def check_agreement(result: BenchRun, artifact: Path) -> None:
-    """The target's answers are the host's, so its accuracy is the host's within the disagreement."""
+    """The target's answers are the host's, so its accuracy is the host's within the disagreement (an image whose
+    host logits tie exactly counts as agreeing whichever tied class the target picks, and may move accuracy)."""
     assert {item.variant for item in result.agreements} == {"fp32", "int8"}
     host = read_manifest(artifact).to_json()["accuracy"]
     target = {entry["variant"]: entry["accuracy"]["top1"] for entry in result.document["results"]}
     for item in result.agreements:
         assert item.agreement_pct >= AGREEMENT_THRESHOLD_PCT, item
-        assert abs(target[item.variant] - host[item.variant]["top1"]) <= 100.0 - item.agreement_pct + 1e-9, item
+        allowed = 100.0 - item.agreement_pct + 100.0 * item.tied / item.count
+        assert abs(target[item.variant] - host[item.variant]["top1"]) <= allowed + 1e-9, item
 
 
 def test_emulated_target_reports_an_aarch64_cortex_a72_without_onnxruntime(emulated_bluebox: EmulatedTarget) -> None:

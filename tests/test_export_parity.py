@@ -11,11 +11,12 @@ from tests.fixtures.data import assert_clear_error
 from toolchain.data import load_dataset
 from toolchain.errors import ExportError, ParityError, UsageError
 from toolchain.evaluators.accuracy import onnx_logits
-from toolchain.evaluators.parity import check_parity, max_abs_diff
+from toolchain.evaluators.parity import check_parity, max_abs_diff, top1_agreement
 from toolchain.evaluators.reference import torch_array_logits
 from toolchain.graph.from_torch import INPUT_NAME, OUTPUT_NAME, export_onnx
 from toolchain.models import create_model
 from toolchain.graph.simplify import simplify_onnx
+from toolchain.pipeline.config import DEFAULT_RTOL
 
 ZOO = ["hps-06-0.5x", "shallow-21-0.2x", "sqnxt-23-1x-v1", "modified-sqnxt-23-1x", "squeezenet-v1.1",
        "squeezed-cnn"]
@@ -124,3 +125,29 @@ def test_dynamo_exporter_is_held_to_the_opset_it_was_asked_for(images, tmp_path)
     with pytest.raises(ExportError) as raised:  # its down-conversion to 17 fails and it writes 18
         export_onnx(model, sample, tmp_path / "model17.onnx", opset=17, exporter="dynamo")
     assert_clear_error(raised.value, "wrote opset 18, not the 17")
+
+
+def test_parity_is_judged_per_image_so_one_huge_image_does_not_loosen_the_others():
+    # image 0 reaches 1.3e7 (an ill-conditioned net on one input); image 1 has usual logits
+    reference = np.array([np.linspace(-1.3e7, 1.3e7, 10), np.linspace(-10.0, 10.0, 10)], dtype=np.float32)
+    rounding = reference.copy()
+    rounding[0, 3] += 13.0  # float32 rounding at 1.3e7: within 1e-5 of that image's scale
+    assert check_parity(reference, rounding, 1e-4, 1e-5, "export") == 13.0
+    defect = rounding.copy()
+    defect[1, 2] += 0.01  # on the usual image this is a real defect, whatever image 0 does
+    with pytest.raises(ParityError) as raised:
+        check_parity(reference, defect, 1e-4, 1e-5, "export")
+    assert_clear_error(raised.value, "eval image 1 of 2", "max |d| = 0.01", "its max |logit| 10")
+
+
+def test_the_manifest_records_the_parity_basis_and_top1_agreement(hps_artifact):
+    parity = hps_artifact.manifest.to_json()["parity"]
+    assert parity["basis"].startswith("per image") and parity["rtol"] == DEFAULT_RTOL
+    assert parity["export_top1_agreement_pct"] == 100.0 and parity["simplify_top1_agreement_pct"] == 100.0
+
+
+def test_top1_agreement_counts_changed_classes():
+    reference = np.eye(4, dtype=np.float32)
+    candidate = reference.copy()
+    candidate[0] = [0, 2, 0, 0]
+    assert top1_agreement(reference, candidate) == 75.0

@@ -70,10 +70,14 @@ class AccuracyRecord:
     drop_pp: float
     max_drop_pp: float
     evalset: str = "evalset.npz (disjoint from the calibration set)"
+    # per variant: eval images (index as text) whose top logits tie exactly on the host -> the tied classes;
+    # INT8 logits are quantized, so ties happen, and a target may break one the other way
+    ties: Mapping[str, Mapping[str, list[int]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"fp32": self.fp32.to_json(), "int8": self.int8.to_json(), "drop_pp": self.drop_pp,
-                "max_drop_pp": self.max_drop_pp, "evalset": self.evalset}
+        document = {"fp32": self.fp32.to_json(), "int8": self.int8.to_json(), "drop_pp": self.drop_pp,
+                    "max_drop_pp": self.max_drop_pp, "evalset": self.evalset}
+        return {**document, "ties": dict(self.ties)} if self.ties else document
 
     def variant(self, name: str) -> VariantAccuracy | None:
         return {"fp32": self.fp32, "int8": self.int8}.get(name)
@@ -155,7 +159,7 @@ class Manifest:
             accuracy=AccuracyRecord(fp32=check.accuracy(accuracy, "fp32"), int8=check.accuracy(accuracy, "int8"),
                                     drop_pp=check.number(accuracy, "drop_pp", "accuracy.drop_pp"),
                                     max_drop_pp=check.number(accuracy, "max_drop_pp", "accuracy.max_drop_pp"),
-                                    evalset=str(accuracy.get("evalset", ""))),
+                                    evalset=str(accuracy.get("evalset", "")), ties=check.ties(accuracy)),
             kept_float=[str(name) for name in data.get("kept_float") or []],
             inputs=check.mapping(data, "inputs"), settings=check.mapping(data, "settings"),
             hash_inputs=check.mapping(data, "hash_inputs"), parity=data.get("parity") or {},
@@ -197,6 +201,16 @@ class _Checker:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise self._fail(where or key, "a number")
         return float(value)
+
+    def ties(self, accuracy: Mapping[str, Any]) -> dict[str, dict[str, list[int]]]:
+        ties = accuracy.get("ties", {})
+        valid = isinstance(ties, dict) and all(
+            isinstance(images, dict) and all(isinstance(classes, list) and all(isinstance(c, int) for c in classes)
+                                             for classes in images.values()) for images in ties.values())
+        if not valid:
+            raise self._fail("accuracy.ties", "a mapping of variant -> image -> classes")
+        return {variant: {str(image): list(classes) for image, classes in images.items()}
+                for variant, images in ties.items()}
 
     def accuracy(self, data: Mapping[str, Any], variant: str) -> VariantAccuracy:
         record = self.mapping(data, variant, f"accuracy.{variant}")

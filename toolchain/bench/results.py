@@ -41,6 +41,7 @@ class Agreement:
     batch: int
     agreement_pct: float
     count: int
+    tied: int = 0  # images that agree only because the host's top logits tie exactly there
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,8 +109,13 @@ def check_measured(document: dict[str, Any], model_hashes: Mapping[str, str], em
                                  "artifact's", "redeploy the artifact and rerun")
 
 
-def agreement(document: dict[str, Any], evalset_preds: Mapping[str, np.ndarray]) -> list[Agreement]:
-    """Per measurement: % of eval images where the measured model's top-1 equals the host's (pred_<variant>)."""
+def agreement(document: dict[str, Any], evalset_preds: Mapping[str, np.ndarray],
+              ties: Mapping[str, Mapping[str, list[int]]] | None = None) -> list[Agreement]:
+    """Per measurement: % of eval images where the measured model's top-1 equals the host's (pred_<variant>).
+
+    ``ties``: per variant, images whose host logits tie exactly (image index as text -> the tied classes):
+    there any of the tied classes is the host's answer.
+    """
     found = []
     for entry in document["results"]:
         reference = evalset_preds.get(entry["variant"])
@@ -119,8 +125,14 @@ def agreement(document: dict[str, Any], evalset_preds: Mapping[str, np.ndarray])
         if predictions.shape != reference.shape:
             raise BenchmarkError(f"{entry['variant']}: {predictions.size} predictions for {reference.size} host answers",
                                  "the eval set differs from the one measured: redeploy and rerun")
+        agrees = predictions == reference
+        tied = 0
+        for image, classes in (ties or {}).get(entry["variant"], {}).items():
+            index = int(image)
+            if 0 <= index < agrees.size and not agrees[index] and int(predictions[index]) in classes:
+                agrees[index], tied = True, tied + 1
         found.append(Agreement(entry["variant"], int(entry["threads"]), int(entry["batch"]),
-                               float((predictions == reference).mean() * 100.0), int(reference.size)))
+                               float(agrees.mean() * 100.0), int(reference.size), tied))
     return found
 
 

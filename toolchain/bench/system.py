@@ -191,7 +191,7 @@ def bench(system: BenchSystem, source: Path | Artifact, settings: BenchSettings,
                    + (" (EMULATED: latency is qemu's, not the Bluebox's)" if system.emulated else ""))
         document = run_agent(run, settings, on_progress)
     check_measured(document, {item.name: item.sha256 for item in artifact.files}, system.emulated)
-    found = agreement(document, host_predictions(artifact.directory))
+    found = agreement(document, host_predictions(artifact.directory), artifact.manifest.accuracy.ties)
     document["artifact"] = {"artifact_id": artifact.artifact_id, "model": artifact.model,
                             "folder": str(artifact.directory), "target": system.name}
     document["agreement"] = [item.to_dict() for item in found]

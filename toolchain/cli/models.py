@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from toolchain.cli.options import JsonOption
-from toolchain.cli.output import emit_json, table
+from toolchain.cli.output import emit_json, info, table
 from toolchain.errors import UnknownModelError
 
 
@@ -26,6 +26,7 @@ def models(
 ) -> None:
     """List the model zoo: depth, width, parameters, MACs, paper-style size beside the paper's."""
     from toolchain.models import count_macs, count_parameters, list_models, state_dict_bytes
+    from toolchain.models.registry import BN_FIRST_NOTE
 
     specs = list_models(pattern or "*")
     if not specs:
@@ -37,7 +38,7 @@ def models(
         records.append({
             "name": spec.name, "family": spec.family,
             "depth": list(spec.depth) if spec.depth else None, "layers": spec.layers,
-            "width": spec.width, "version": spec.version, "input_size": spec.input_size,
+            "width": spec.width, "version": spec.version, "input_size": spec.input_size, "bn_first": spec.bn_first,
             "classes": classes, "in_channels": in_channels,
             "parameters": count_parameters(model),
             "macs": count_macs(model, (1, in_channels, spec.input_size, spec.input_size)),
@@ -62,3 +63,5 @@ def models(
           "size = torch.save(state_dict) file)",
           ["name", "depth", "width", "params", "MMACs", "size MB", "paper MB", "paper acc %", "paper"],
           rows, right_align=["params", "MMACs", "size MB", "paper MB", "paper acc %"])
+    if any(spec.bn_first for spec in specs):
+        info(BN_FIRST_NOTE.strip())

@@ -2,7 +2,10 @@
 
 Names follow the papers: ``<family>-<layers>-<width>x[-v<n>]`` where ``layers = sum(depth) + 2``
 (``hps-06-0.5x`` is HPS with depth [1,1,1,1] at width 0.5), plus a few fixed names for networks
-without a width multiplier (``squeezenet-v1.0``). Families register themselves with
+without a width multiplier (``squeezenet-v1.0``). A ``-bnfirst`` suffix (``hps-21-1x-v3-bnfirst``)
+builds an HPS or Shallow SqueezeNext net with conv -> BN -> activation units instead of the papers'
+conv -> activation -> BN: the same layers and parameter count, a departure from the papers for
+quantization-friendly training (the BN then normalises every conv output and folds into it). Families register themselves with
 `register_model`; any width the user types builds, unknown names fail with the closest matches.
 """
 
@@ -25,9 +28,12 @@ from toolchain.errors import UnknownModelError
 Builder = Callable[..., nn.Module]
 
 _NAME_RE = re.compile(
-    r"^(?P<family>[a-z][a-z0-9-]*?)-(?P<layers>\d{1,3})-(?P<width>\d+(?:\.\d+)?)x(?:-v(?P<version>\d+))?$"
+    r"^(?P<family>[a-z][a-z0-9-]*?)-(?P<layers>\d{1,3})-(?P<width>\d+(?:\.\d+)?)x(?:-v(?P<version>\d+))?(?P<bnfirst>-bnfirst)?$"
 )
 MAX_WIDTH = 8.0
+BN_FIRST_NOTE = (" -bnfirst: a departure from the papers: conv -> BN -> activation units (same layers and "
+                 "parameters), so that BN normalises each conv output in training and folds into the conv; "
+                 "the papers' order lets conv outputs drift and is hard to quantize when deep.")
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class Family:
     # (layers -> version) used when the name carries no -v<n>; absent => the version is required
     default_versions: Mapping[int, int] = field(default_factory=dict)
     configurations: tuple[str, ...] = ("cifar",)
+    # whether a -bnfirst variant exists (families whose papers put the activation before the BN)
+    bn_first_variant: bool = False
 
     def versions(self, layers: int) -> list[DepthConfig]:
         return [c for c in self.configs if c.layers == layers]
@@ -97,6 +105,7 @@ class ModelSpec:
     version: int | None = None
     configuration: str = "cifar"
     configurations: tuple[str, ...] = ("cifar",)
+    bn_first: bool = False  # conv -> BN -> activation units (the -bnfirst variant), not the papers' order
 
     @property
     def input_size(self) -> int:
@@ -169,6 +178,10 @@ def resolve(name: str, configuration: str | None = None) -> ModelSpec:
     if not match or match.group("family") not in _FAMILIES:
         raise _unknown(raw)
     family = _FAMILIES[match.group("family")]
+    bn_first = match.group("bnfirst") is not None
+    if bn_first and not family.bn_first_variant:
+        raise UnknownModelError(f"{family.name} has no -bnfirst variant: its units are conv -> BN -> activation "
+                                "already", f"drop the suffix: {raw.strip().lower().removesuffix('-bnfirst')}")
     layers = int(match.group("layers"))
     width = float(match.group("width"))
     candidates = family.versions(layers)
@@ -196,10 +209,11 @@ def resolve(name: str, configuration: str | None = None) -> ModelSpec:
         options = ", ".join(_canonical(family, c, width) for c in candidates)
         raise UnknownModelError(f"{raw!r}: no version v{version} for {family.name}-{layers:02d}",
                                 f"one of: {options}")
-    spec = ModelSpec(name=_canonical(family, cfg, width), family=family.name,
-                     description=family.description, builder=family.builder, depth=cfg.depth,
+    description = family.description + (BN_FIRST_NOTE if bn_first else "")
+    spec = ModelSpec(name=_canonical(family, cfg, width) + ("-bnfirst" if bn_first else ""), family=family.name,
+                     description=description, builder=family.builder, depth=cfg.depth,
                      layers=cfg.layers, width=width, version=cfg.version,
-                     configurations=family.configurations)
+                     configurations=family.configurations, bn_first=bn_first)
     return _with_configuration(spec, configuration)
 
 
@@ -235,7 +249,11 @@ def list_models(pattern: str = "*") -> list[ModelSpec]:
     _ensure_loaded()
     if not any(ch in pattern for ch in "*?["):
         return [resolve(pattern)]
-    specs = [resolve(n) for n in set(_all_names()) if fnmatch.fnmatchcase(n, pattern.lower())]
+    names = set(_all_names())
+    if "bnfirst" in pattern.lower():  # the variants are listed when asked for
+        names |= {f"{name}-bnfirst" for name in names if name.split("-")[0] in _FAMILIES
+                  and _FAMILIES[name.split("-")[0]].bn_first_variant and _NAME_RE.match(name)}
+    specs = [resolve(n) for n in names if fnmatch.fnmatchcase(n, pattern.lower())]
     return sorted(specs, key=lambda s: (s.family, s.layers or 0, s.width or 0, s.version or 0, s.name))
 
 

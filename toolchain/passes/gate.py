@@ -11,6 +11,8 @@ from toolchain.pipeline.config import GATE_FIELDS, QuantSettings
 from toolchain.pipeline.passes import ModelRecord, Pass, register_pass
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from toolchain.pipeline.context import PassContext
     from toolchain.quantization.gate import GateSearch
 
@@ -22,6 +24,7 @@ class GatePass(Pass):
     """``config`` is the run's resolved `QuantSettings` (the same the quantize pass had); hashed: the gate fields."""
 
     name = "gate"
+    version = 2  # 2: exact ties of the top logits recorded
 
     def config_record(self) -> dict[str, Any]:
         return {key: value for key, value in self.config.to_dict().items() if key in GATE_FIELDS}
@@ -65,7 +68,7 @@ class GatePass(Pass):
                 "seconds": time.perf_counter() - started}
         return replace(record, int8=shipped).with_files(predictions=predictions).with_notes(
             quantization=gate, accuracy={"fp32": fp32.to_dict(), "int8": int8.to_dict(), "drop_pp": drop,
-                                         "max_drop_pp": settings.max_drop})
+                                         "max_drop_pp": settings.max_drop, **_ties(fp32_logits, int8_logits)})
 
     def _search(self, search: "GateSearch", record: ModelRecord, context: "PassContext") -> tuple[int, list, int]:
         """(how many ranked nodes to keep in float, the ranking, how many nodes INT8 quantizes)."""
@@ -93,3 +96,17 @@ class GatePass(Pass):
                               op_types)
         names = tuple(score.node for score in ranking)
         return search.smallest_passing(names, min(limit, len(names)), candidates), ranking, candidates
+
+
+def _ties(fp32_logits: "np.ndarray", int8_logits: "np.ndarray") -> dict:
+    """{"ties": {variant: {image: classes}}} for images whose top logits tie exactly (nothing when none do)."""
+    import numpy as np
+
+    ties = {}
+    for variant, logits in (("fp32", fp32_logits), ("int8", int8_logits)):
+        rows = logits.reshape(len(logits), -1)
+        top = rows == rows.max(axis=1, keepdims=True)
+        tied = {str(image): [int(c) for c in np.flatnonzero(top[image])] for image in np.flatnonzero(top.sum(axis=1) > 1)}
+        if tied:
+            ties[variant] = tied
+    return {"ties": ties} if ties else {}

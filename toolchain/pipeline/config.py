@@ -18,10 +18,11 @@ EXPORTERS = ("torchscript", "dynamo")
 # opset 7 is the oldest onnxruntime loads; 18 the newest both exporters write for these models
 OPSET_RANGE = (7, 18)
 DEFAULT_ATOL = 1e-4
-# Relative part of the parity tolerance, times the largest |logit| of the reference: float32 keeps ~7
-# digits, so a model whose logits reach 1e8 (a briefly trained net with near-dead BatchNorm channels)
-# differs by ~1e2 after export for rounding alone, while the usual logits of ~10 gain only 1e-5.
-DEFAULT_RTOL = 1e-6
+# Relative part of the parity tolerance, times each eval image's largest |logit|: float32 keeps ~7
+# digits, and a deep net whose activations reach 1e9 inside (hps-21 after brief training, with near-dead
+# BatchNorm channels) ends with logits of ~1e7 off by ~1e1 after export for rounding alone (measured: 13 at
+# 1.3e7, 1e-6 relative); 1e-5 leaves that a tenfold margin while usual logits of ~10 gain only 1e-4.
+DEFAULT_RTOL = 1e-5
 
 # the QuantSettings fields the gate pass uses (the quantize pass hashes the others)
 GATE_FIELDS = frozenset({"max_drop", "max_kept_float"})

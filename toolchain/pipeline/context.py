@@ -96,18 +96,19 @@ class PassContext:
         """The reference logits on the eval images (torch for an export, the source ONNX for a quantize)."""
         return self._reference(self)
 
-    def check_parity(self, model: Path, what: str) -> float:
-        """max |d| of ``model``'s logits vs the reference on the eval images, or a ParityError."""
+    def check_parity(self, model: Path, what: str) -> tuple[float, float]:
+        """(max |d|, top-1 agreement %) of ``model``'s logits vs the reference on the eval images, or a ParityError."""
         from toolchain.evaluators.accuracy import onnx_logits
-        from toolchain.evaluators.parity import check_parity
+        from toolchain.evaluators.parity import check_parity, top1_agreement
 
-        return check_parity(self.reference, onnx_logits(model, self.evaluation.images), self.atol, self.rtol, what)
+        logits = onnx_logits(model, self.evaluation.images)
+        return check_parity(self.reference, logits, self.atol, self.rtol, what), top1_agreement(self.reference, logits)
 
     def parity_basis(self) -> dict[str, Any]:
-        """How parity was judged: the tolerance's parts and the images it was measured on."""
-        from toolchain.evaluators.parity import parity_tolerance
+        """How parity was judged: the rule, the tolerance's parts and the images it was measured on."""
+        from toolchain.evaluators.parity import BASIS, parity_tolerance
 
-        return {"atol": self.atol, "rtol": self.rtol, "images": len(self.evaluation),
+        return {"basis": BASIS, "atol": self.atol, "rtol": self.rtol, "images": len(self.evaluation),
                 "tolerance": parity_tolerance(self.reference, self.atol, self.rtol)}
 
 

@@ -144,8 +144,9 @@ class Runner:
 
     def _checked(self, item: Pass, key: str, result: ModelRecord, started: float, cache: bool) -> ModelRecord:
         if item.checks_parity:
-            measured = self.context.check_parity(result.fp32, f"{item.name} (ONNX vs the reference)")
-            result = result.with_notes(parity={**self.context.parity_basis(), f"{item.name}_max_abs": measured})
+            measured, agreement = self.context.check_parity(result.fp32, f"{item.name} (ONNX vs the reference)")
+            result = result.with_notes(parity={**self.context.parity_basis(), f"{item.name}_max_abs": measured,
+                                               f"{item.name}_top1_agreement_pct": agreement})
         seconds = time.perf_counter() - started
         self.context.timings[f"{item.name}_s"] = seconds
         self.lineage.append(self._entry(item, key, False, seconds, result))
