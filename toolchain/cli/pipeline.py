@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 CalibrationOption = Annotated[Optional[str], typer.Option(
     "--calibration", help="Calibration set: a name under calibration/ (default: the dataset's), a .toml "
     "definition, or a .npy/.npz of preprocessed float32 NCHW images.")]
-MethodOption = Annotated[str, typer.Option("--method", help="Calibration: minmax, entropy or percentile.")]
+MethodOption = Annotated[str, typer.Option(
+    "--method", help="Calibration: auto (default: minmax, then percentile, then entropy until INT8 meets the gate), "
+    "or pin one of minmax, entropy, percentile.")]
 FormatOption = Annotated[str, typer.Option(
     "--format", help="qoperator (QLinearConv...; default: fastest measured here) or qdq (Q/DQ pairs).")]
 PerChannelOption = Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales per channel.")]
@@ -49,7 +51,7 @@ SimplifyOption = Annotated[bool, typer.Option(
 
 
 def _quant_options(
-    method: MethodOption = "minmax",
+    method: MethodOption = "auto",
     quant_format: FormatOption = "qoperator",
     per_channel: PerChannelOption = True,
     activation_type: ActivationTypeOption = "uint8",

@@ -24,7 +24,7 @@ class GatePass(Pass):
     """``config`` is the run's resolved `QuantSettings` (the same the quantize pass had); hashed: the gate fields."""
 
     name = "gate"
-    version = 2  # 2: exact ties of the top logits recorded
+    version = 3  # 2: exact ties of the top logits recorded; 3: --method auto tries more calibrations
 
     def config_record(self) -> dict[str, Any]:
         return {key: value for key, value in self.config.to_dict().items() if key in GATE_FIELDS}
@@ -47,9 +47,13 @@ class GatePass(Pass):
         fp32 = accuracy_from_logits(fp32_logits, evaluation.labels)
         scratch = context.scratch / "gate"
         scratch.mkdir(exist_ok=True)
-        search = GateSearch(record.files["prepared"], record.files["calibration_cache"], settings, evaluation.images,
+        first = settings.with_method()
+        search = GateSearch(record.files["prepared"], record.files["calibration_cache"], first, evaluation.images,
                             evaluation.labels, fp32.top1, scratch, context.on_message)
         search.attempts[0] = (search.measure((), record.int8), record.int8)
+        calibrations = [search.calibration_record(seconds=record.note("quantization").get("calibration_seconds", 0.0))]
+        if search.attempts[0][0].drop_pp > settings.max_drop and len(settings.calibration_methods) > 1:
+            search = self._calibration_search(search, record, context, calibrations)
         chosen, ranking, candidates = self._search(search, record, context)
         step, path = search.attempts[chosen]
         compact_names(path)
@@ -61,7 +65,9 @@ class GatePass(Pass):
         np.savez(predictions, fp32=fp32_logits.argmax(axis=1), int8=int8_logits.argmax(axis=1))
         drop = round(fp32.top1 - int8.top1, 4)
         gate = {"fp32_top1": fp32.top1, "int8_top1": int8.top1, "drop_pp": drop, "max_drop_pp": settings.max_drop,
-                "eval_count": int(len(evaluation.labels)), "gate_engaged": len(search.attempts) > 1,
+                "eval_count": int(len(evaluation.labels)),
+                "gate_engaged": len(search.attempts) > 1 or len(calibrations) > 1,
+                "method": search.settings.method, "calibration_search": calibrations,
                 "kept_float": list(step.kept_float), "excluded_by_user": list(settings.exclude_nodes),
                 "quantizable_nodes": candidates, "steps": [item.to_dict() for item in search.steps()],
                 "sensitivity": [score.to_dict() for score in ranking[:max(10, len(step.kept_float))]],
@@ -69,6 +75,34 @@ class GatePass(Pass):
         return replace(record, int8=shipped).with_files(predictions=predictions).with_notes(
             quantization=gate, accuracy={"fp32": fp32.to_dict(), "int8": int8.to_dict(), "drop_pp": drop,
                                          "max_drop_pp": settings.max_drop, **_ties(fp32_logits, int8_logits)})
+
+    def _calibration_search(self, search: "GateSearch", record: ModelRecord, context: "PassContext",
+                            calibrations: list[dict]) -> "GateSearch":
+        """Try the next calibrations of --method auto, all INT8, until one passes; else the best for the float search."""
+        from toolchain.quantization.gate import GateSearch
+        from toolchain.quantization.ort import calibrate
+
+        settings: QuantSettings = self.config
+        searches = [search]
+        for method in settings.calibration_methods[1:]:
+            context.on_message(f"drop {searches[-1].attempts[0][0].drop_pp:.2f} pp exceeds --max-drop "
+                               f"{settings.max_drop:g}: trying {method} calibration")
+            started = time.perf_counter()
+            cache = search.scratch / f"calibration-{method}.json"
+            calibrate(search.prepared, context.calibration.images, record.input_name, settings.with_method(method), cache)
+            seconds = time.perf_counter() - started
+            attempt = GateSearch(search.prepared, cache, settings.with_method(method), search.images, search.labels,
+                                 search.fp32_top1, search.scratch / method, context.on_message)
+            attempt.scratch.mkdir(exist_ok=True)
+            attempt.attempt(())
+            calibrations.append(attempt.calibration_record(seconds))
+            searches.append(attempt)
+            if attempt.attempts[0][0].drop_pp <= settings.max_drop:
+                return attempt
+        best = min(searches, key=lambda item: item.attempts[0][0].drop_pp)
+        context.on_message(f"no calibration meets the gate with every node INT8; the best is {best.settings.method} "
+                           f"({best.attempts[0][0].drop_pp:.2f} pp)")
+        return best
 
     def _search(self, search: "GateSearch", record: ModelRecord, context: "PassContext") -> tuple[int, list, int]:
         """(how many ranked nodes to keep in float, the ranking, how many nodes INT8 quantizes)."""

@@ -26,6 +26,7 @@ class QuantizePass(Pass):
     """``config`` is the run's resolved `QuantSettings`; the gate's own fields are the gate pass's config."""
 
     name = "quantize"
+    version = 2  # 2: --method auto calibrates with its first method
 
     def config_record(self) -> dict[str, Any]:
         return {key: value for key, value in self.config.to_dict().items() if key not in GATE_FIELDS}
@@ -39,12 +40,14 @@ class QuantizePass(Pass):
         prepare_for_quantization(record.fp32, prepared)
         check_node_names(prepared, settings.exclude_nodes)
         calibration = context.calibration
-        context.on_message(f"quantizing: {settings.method} calibration on {len(calibration)} images, "
-                           f"{describe(settings)}")
+        method = settings.calibration_methods[0]
+        context.on_message(f"quantizing: {method} calibration on {len(calibration)} images, {describe(settings)}"
+                           + (" (--method auto: more calibrations follow if INT8 misses the gate)"
+                              if settings.method == "auto" else ""))
         started = time.perf_counter()
-        calibrate(prepared, calibration.images, record.input_name, settings, cache)
+        calibrate(prepared, calibration.images, record.input_name, settings.with_method(method), cache)
         calibration_seconds = time.perf_counter() - started
         int8 = quantize_static_int8(prepared, folder / "model.int8.onnx", settings, cache)
         return replace(record, int8=int8).with_files(prepared=prepared, calibration_cache=cache).with_notes(
-            quantization={"settings": settings.to_dict(), "defaults_reason": DEFAULTS_REASON,
+            quantization={"settings": settings.to_dict(), "defaults_reason": DEFAULTS_REASON, "method": method,
                           "calibration_seconds": calibration_seconds})

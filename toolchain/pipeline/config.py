@@ -27,7 +27,10 @@ DEFAULT_RTOL = 1e-5
 # the QuantSettings fields the gate pass uses (the quantize pass hashes the others)
 GATE_FIELDS = frozenset({"max_drop", "max_kept_float"})
 
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = ("auto", "minmax", "entropy", "percentile")
+# --method auto: the calibrations the gate tries, cheapest first (minmax ~1 s, percentile a histogram,
+# entropy a KL search per tensor), until one meets the gate with every node INT8
+AUTO_METHODS = ("minmax", "percentile", "entropy")
 FORMATS = ("qdq", "qoperator")
 ACTIVATION_TYPES = ("uint8", "int8")
 DEFAULT_MAX_DROP = 1.0
@@ -110,7 +113,7 @@ class ExportSettings:
 class QuantSettings:
     """Static INT8 quantization and its accuracy gate."""
 
-    method: str = "minmax"
+    method: str = "auto"  # auto: the gate tries AUTO_METHODS in order; a method name pins one
     format: str = "qoperator"
     per_channel: bool = True
     activation_type: str = "uint8"
@@ -144,6 +147,15 @@ class QuantSettings:
         data = asdict(self)
         data["exclude_nodes"] = list(self.exclude_nodes)
         return data
+
+    @property
+    def calibration_methods(self) -> tuple[str, ...]:
+        """The calibrations to try, in order: AUTO_METHODS for auto, else the one pinned."""
+        return AUTO_METHODS if self.method == "auto" else (self.method,)
+
+    def with_method(self, method: str | None = None) -> "QuantSettings":
+        """These settings with a concrete calibration method (default: the first to try)."""
+        return replace(self, method=method or self.calibration_methods[0])
 
     def resolved(self) -> tuple[QuantSettings, str | None]:
         """These settings with reduce_range decided, and why where it was decided for this host.

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -55,13 +55,14 @@ class GateOutcome:
     drop_pp: float
     kept_float: tuple[str, ...]
     steps: tuple[GateStep, ...]
+    notes: Mapping[str, Any] = field(default_factory=dict)  # the gate pass's notes: the manifest's decision log
 
     @classmethod
     def from_notes(cls, path: Path, gate: dict) -> "GateOutcome":
         """From the gate pass's ``quantization`` notes."""
         steps = tuple(GateStep(tuple(step["kept_float"]), step["int8_top1"], step["drop_pp"], step["seconds"])
                       for step in gate["steps"])
-        return cls(path, gate["fp32_top1"], gate["int8_top1"], gate["drop_pp"], tuple(gate["kept_float"]), steps)
+        return cls(path, gate["fp32_top1"], gate["int8_top1"], gate["drop_pp"], tuple(gate["kept_float"]), steps, gate)
 
 
 class GateSearch:
@@ -116,7 +117,15 @@ class GateSearch:
             f"INT8 top-1 drop stays above --max-drop {self.settings.max_drop:g} pp: {first.drop_pp:.2f} pp "
             f"as quantized, best {best:.2f} pp with up to {limit} of {candidates} nodes kept in float "
             f"(FP32 {self.fp32_top1:.2f}%, {len(self.labels)} eval images)",
-            "raise --max-drop or --max-kept-float, or try --method entropy/percentile or more calibration images")
+            "raise --max-drop or --max-kept-float, or use more calibration images"
+            + (", or --method auto (it tries minmax, percentile and entropy)" if self.settings.method != "auto" else ""))
+
+    def calibration_record(self, seconds: float) -> dict:
+        """This search's calibration as the manifest's decision log has it: method, all-INT8 result, seconds."""
+        first = self.attempts[0][0]
+        return {"method": self.settings.method, "int8_top1": first.int8_top1, "drop_pp": first.drop_pp,
+                "passed": first.drop_pp <= self.settings.max_drop, "calibration_seconds": round(seconds, 3),
+                "quantize_and_eval_seconds": round(first.seconds, 3)}
 
     def steps(self) -> list[GateStep]:
         return [step for step, _ in self.attempts.values()]

@@ -1,0 +1,62 @@
+"""--method auto: the gate tries minmax, then percentile, then entropy, all INT8, and stops at the first that passes.
+
+When none passes, the float search runs on the best of them. Every attempt is in the manifest's decision
+log (`quantization.calibration_search`) with its numbers, and `quantization.method` names the one shipped.
+A pinned --method is honoured as it is.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from toolchain.data.imagesets import load_definition, load_image_set
+from toolchain.errors import AccuracyGateError
+from toolchain.graph.from_torch import export_onnx
+from toolchain.pipeline import ExportRequest, quantize_with_gate, run_export
+from toolchain.pipeline.config import AUTO_METHODS, QuantSettings
+from toolchain.training.checkpoints import load_checkpoint
+
+SMALL_EVAL = 200
+
+
+def test_auto_stops_at_the_first_calibration_that_passes(trained_hps, tmp_path):
+    loaded = load_checkpoint(trained_hps.checkpoint)
+    definition = load_definition("fashion-mnist")
+    calibration = load_image_set(definition, loaded.info.mean, loaded.info.std)
+    evaluation = load_image_set(definition.eval_counterpart(300), loaded.info.mean, loaded.info.std)
+    path = tmp_path / "model.fp32.onnx"
+    export_onnx(loaded.model, torch.from_numpy(evaluation.images[:1]), path)
+    messages: list[str] = []
+    result = quantize_with_gate(path, tmp_path / "auto.onnx", QuantSettings(), calibration, evaluation, "input",
+                                on_message=messages.append)
+    assert result.drop_pp <= 1.0 and result.kept_float == ()
+    log = result.notes["calibration_search"]
+    assert [attempt["method"] for attempt in log] == ["minmax"] and log[0]["passed"]
+    assert result.notes["method"] == "minmax" and not any("trying" in message for message in messages)
+
+
+def test_auto_tries_every_calibration_in_order_then_keeps_nodes_in_float(broken_int8_checkpoint, tmp_path):
+    result = run_export(ExportRequest(model="hps-06-0.25x", checkpoint=broken_int8_checkpoint,
+                                      artifacts=tmp_path, eval_count=SMALL_EVAL))
+    quantization = result.manifest.to_json()["quantization"]
+    log = quantization["calibration_search"]
+    assert [attempt["method"] for attempt in log] == list(AUTO_METHODS)
+    assert not any(attempt["passed"] for attempt in log) and all(attempt["drop_pp"] > 1.0 for attempt in log)
+    best = min(log, key=lambda attempt: attempt["drop_pp"])
+    assert quantization["method"] == best["method"] and quantization["kept_float"]
+    assert quantization["steps"][0]["drop_pp"] == best["drop_pp"]  # the float search started from the best one
+    assert result.manifest.to_json()["accuracy"]["drop_pp"] <= 1.0
+
+
+def test_a_pinned_method_is_not_searched(broken_int8_checkpoint, tmp_path):
+    request = ExportRequest(model="hps-06-0.25x", checkpoint=broken_int8_checkpoint, artifacts=tmp_path,
+                            eval_count=SMALL_EVAL, quant=QuantSettings(method="percentile", max_kept_float=0))
+    with pytest.raises(AccuracyGateError) as raised:
+        run_export(request)
+    assert "--method auto" in raised.value.hint
+    result = run_export(ExportRequest(model="hps-06-0.25x", checkpoint=broken_int8_checkpoint, artifacts=tmp_path,
+                                      eval_count=SMALL_EVAL, quant=QuantSettings(method="percentile")))
+    quantization = result.manifest.to_json()["quantization"]
+    assert [attempt["method"] for attempt in quantization["calibration_search"]] == ["percentile"]
+    assert quantization["method"] == "percentile"
