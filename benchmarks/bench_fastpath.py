@@ -11,8 +11,6 @@ exists). Results: benchmarks/results/fastpath.json (a missed goal is recorded, n
 from __future__ import annotations
 
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -24,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import machine_summary  # noqa: E402
 from toolchain.fsutil import atomic_write_json  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "fastpath.json"
@@ -80,13 +79,9 @@ def main() -> int:
         figures[name]["wall_over_version"] = figures[name]["wall_s_median"] / floor
     passed = all(figures[name]["wall_s_median"] <= GOAL_S and not imports[name]["torch"] and not imports[name]["onnx"]
                  and imports[name]["cached"] for name in imports)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    flags = Path("/proc/cpuinfo").read_text()
     document = {"benchmark": "fastpath", "goal": f"cached re-run <= {GOAL_S:g} s, no torch/onnx import",
                 "pass": passed, "model": MODEL, "rounds": ROUNDS, "figures": figures, "imports": imports,
-                "machine": {"cpu": cpu, "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
-                            "cores": os.cpu_count(), "python": platform.python_version()},
+                "machine": machine_summary(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_json(RESULT, document)
     for name, values in figures.items():

@@ -1,0 +1,190 @@
+"""Quantization-aware fine-tuning: when post-training INT8 misses the gate, teach the weights the INT8 grid.
+
+The library is torch.ao.quantization (FX graph mode), the QAT that ships inside the pinned torch: no extra
+dependency that could pull another torch, and it traces these nets (plain convs, BN, ReLU/ELU, residual
+adds) as they are. Fake quantization mirrors what ONNX Runtime's static INT8 will do here: per-channel
+symmetric int8 weights (7-bit where the host's U8S8 kernels saturate), per-tensor affine uint8 (or int8)
+activations, moving-average ranges. After a bounded fine-tune (epochs, images, minutes) the learnt float
+weights and BN statistics are copied back into the plain network and saved as a new checkpoint whose
+sidecar names its parent (file, sha256) and the QAT settings: the pipeline then exports and quantizes that
+checkpoint as usual, so the shipped INT8 is verified exactly as any other.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from toolchain.data import load_dataset
+from toolchain.data.transforms import iterate_batches
+from toolchain.errors import TrainingError, UsageError
+from toolchain.training.checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint
+from toolchain.training.loop import EpochStats, TrainProgress, evaluate_with_loss, fit_batches
+
+QAT_DIR = "qat"
+
+
+@dataclass(frozen=True)
+class QatSettings:
+    """How long and how hard the fine-tune may run (it stops after the epoch that crosses ``minutes``)."""
+
+    epochs: int = 2
+    images: int = 10_000  # training images per epoch (a seeded sample of the train split)
+    minutes: float = 15.0
+    lr: float = 0.005
+    batch_size: int = 32
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.images < 1 or self.batch_size < 1:
+            raise UsageError("--qat-epochs and --qat-images must be at least 1", "pass e.g. --qat-epochs 2")
+        if not (math.isfinite(self.minutes) and self.minutes > 0) or not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError("--qat-minutes and the QAT learning rate must be positive", "pass e.g. --qat-minutes 15")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QatResult:
+    """The fine-tuned checkpoint and what the fine-tune did."""
+
+    checkpoint: Path
+    record: dict[str, Any]
+    reused: bool
+
+
+def qat_checkpoint_path(artifacts: Path, model: str, parent_sha256: str, settings: QatSettings,
+                        weight_bits: int, activation_type: str) -> Path:
+    """Where the fine-tune of this checkpoint with these settings lives (the same inputs reuse it)."""
+    key = json.dumps({"parent": parent_sha256, "settings": settings.to_dict(), "weight_bits": weight_bits,
+                      "activations": activation_type}, sort_keys=True)
+    return artifacts / model / QAT_DIR / f"{parent_sha256[:12]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}" / \
+        "checkpoint.pt"
+
+
+def _qconfig_mapping(weight_bits: int, activation_type: str) -> Any:
+    from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver,
+                                       MovingAveragePerChannelMinMaxObserver, QConfig, QConfigMapping)
+
+    unsigned = activation_type == "uint8"
+    activation = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0 if unsigned else -128,
+                                        quant_max=255 if unsigned else 127,
+                                        dtype=torch.quint8 if unsigned else torch.qint8,
+                                        qscheme=torch.per_tensor_affine)
+    limit = 2 ** (weight_bits - 1) - 1
+    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-limit,
+                                    quant_max=limit, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                    ch_axis=0)
+    return QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
+
+
+def _prepared(model: nn.Module, sample: torch.Tensor, weight_bits: int, activation_type: str) -> nn.Module:
+    import warnings
+
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation notice for its own successor (torchao)
+            return prepare_qat_fx(copy.deepcopy(model).train(), _qconfig_mapping(weight_bits, activation_type),
+                                  example_inputs=(sample,))
+    except Exception as exc:  # FX tracing raises assorted errors for untraceable code
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"quantization-aware training cannot trace this network: {detail[:160]}",
+                            "export with --no-qat and raise --max-drop or --max-kept-float") from None
+
+
+def _freeze_batchnorm(prepared: nn.Module) -> None:
+    """Keep every BN on its running statistics while the rest trains (``train()`` included).
+
+    With batch statistics an ill-conditioned checkpoint (BN scales of 1e4 against tiny conv weights, the
+    very case QAT is for) computes another function altogether and diverges within a few batches; the
+    usual QAT practice of frozen BN statistics keeps the function the checkpoint's and the gate's FP32.
+    """
+    def train(mode: bool = True) -> nn.Module:
+        nn.Module.train(prepared, mode)
+        for module in prepared.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return prepared
+
+    prepared.train = train  # type: ignore[method-assign]
+    prepared.train()
+
+
+def _copy_back(prepared: nn.Module, model: nn.Module) -> None:
+    """The fine-tuned weights and BN statistics into the plain network (fake-quant state is left behind)."""
+    learnt = prepared.state_dict()
+    own = model.state_dict()
+
+    def source(name: str) -> str:
+        # FX fuses conv -> BN into one module: "<unit>.bn.<x>" lives at "<unit>.conv.bn.<x>" there
+        head, found, tail = name.rpartition(".bn.")
+        return name if name in learnt or not found else f"{head}.conv.bn.{tail}"
+
+    missing = [name for name in own if source(name) not in learnt]
+    if missing:
+        raise TrainingError(f"quantization-aware training renamed {missing[0]} (and {len(missing) - 1} more)",
+                            "export with --no-qat; this network's layout is not one QAT can hand back")
+    model.load_state_dict({name: learnt[source(name)] for name in own})
+
+
+def fine_tune(checkpoint: Path, output: Path, settings: QatSettings, weight_bits: int, activation_type: str,
+              data_dir: Path | None = None, on_progress: Callable[[TrainProgress], None] | None = None,
+              reason: str = "") -> QatResult:
+    """Fine-tune ``checkpoint`` with fake quantization into ``output`` (reused when it is already there)."""
+    settings.validate()
+    if output.is_file():
+        info = load_checkpoint(output).info
+        return QatResult(output, (info.training if info else {}).get("qat", {}), reused=True)
+    loaded = load_checkpoint(checkpoint)
+    info = loaded.info
+    if info is None:
+        raise TrainingError(f"checkpoint {checkpoint} has no sidecar: QAT needs its dataset and normalisation",
+                            "export with --no-qat, or fine-tune a checkpoint made by `toolchain train`")
+    train_set = load_dataset(info.dataset, "train", data_dir or info.training.get("data_dir"))
+    train_set = replace(train_set.sample(min(settings.images, len(train_set)), settings.seed),
+                        mean=info.mean, std=info.std)
+    test_set = replace(load_dataset(info.dataset, "test", data_dir or info.training.get("data_dir")).sample(
+        1000, settings.seed), mean=info.mean, std=info.std)
+    torch.manual_seed(settings.seed)
+    sample = next(iter(iterate_batches(test_set, 2, shuffle=False)))[0]
+    prepared = _prepared(loaded.model, sample, weight_bits, activation_type)
+    _freeze_batchnorm(prepared)
+    optimizer = torch.optim.SGD(prepared.parameters(), lr=settings.lr, momentum=0.9)
+    started, history = time.perf_counter(), []
+    batches = math.ceil(len(train_set) / settings.batch_size)
+    generator = torch.Generator().manual_seed(settings.seed)
+    for epoch in range(1, settings.epochs + 1):
+        def report(batch: int, stats: EpochStats, epoch: int = epoch) -> None:
+            if on_progress is not None:
+                on_progress(TrainProgress(epoch, settings.epochs, batch, batches, stats.loss, stats.accuracy,
+                                          stats.images_per_s, None, "train"))
+
+        stats = fit_batches(prepared, optimizer, iterate_batches(train_set, settings.batch_size, shuffle=True,
+                                                                 generator=generator), batches, epoch, report)
+        history.append({"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.accuracy})
+        if time.perf_counter() - started > settings.minutes * 60:
+            break
+    _copy_back(prepared, loaded.model)
+    loaded.model.eval()
+    _, accuracy = evaluate_with_loss(loaded.model, test_set)
+    record = {"parent": {"file": str(checkpoint), "sha256": loaded.sha256}, "settings": settings.to_dict(),
+              "weight_bits": weight_bits, "activation_type": activation_type, "library": f"torch.ao {torch.__version__}",
+              "epochs_run": len(history), "history": history, "seconds": round(time.perf_counter() - started, 2),
+              "fp32_test_top1_after": accuracy.top1, "reason": reason}
+    fresh = replace(info, sha256="", created="", metrics={**info.metrics, "test_top1": accuracy.top1},
+                    training={**info.training, "qat": record})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(loaded.model, CheckpointInfo.from_dict(fresh.to_dict()), output)
+    return QatResult(output, record, reused=False)
