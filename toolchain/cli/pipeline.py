@@ -16,7 +16,7 @@ import typer
 from toolchain.cli.options import (DEFAULT_ARTIFACTS, ArtifactsOption, CheckpointOption, DataDirOption, JsonOption,
                                    ModelOption, OptionalDatasetOption)
 from toolchain.cli.output import emit_json, info, progress, table
-from toolchain.pipeline.config import DEFAULT_ATOL, DEFAULT_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, ExportSettings, QuantSettings
+from toolchain.pipeline.config import DEFAULT_ATOL, DEFAULT_MAX_DROP, DEFAULT_OPSET, DEFAULT_RTOL, ExportSettings, QatSettings, QuantSettings
 
 if TYPE_CHECKING:
     from toolchain.pipeline import ExportRequest, PipelineResult
@@ -122,6 +122,14 @@ def export(
     calibration: CalibrationOption = None,
     quant: QuantSettings = QuantSettings(),
     eval_count: EvalCountOption = 500,
+    qat: Annotated[Optional[bool], typer.Option(
+        "--qat/--no-qat", help="Quantization-aware fine-tuning (torch.ao fake quantization) of the checkpoint: "
+        "default: only when post-training INT8 misses the gate; --qat: always first; --no-qat: never.")] = None,
+    qat_epochs: Annotated[int, typer.Option("--qat-epochs", help="QAT epochs at most.", min=1)] = QatSettings.epochs,
+    qat_images: Annotated[int, typer.Option(
+        "--qat-images", help="Training images per QAT epoch (a seeded sample).", min=1)] = QatSettings.images,
+    qat_minutes: Annotated[float, typer.Option(
+        "--qat-minutes", help="QAT time budget: no epoch starts after it.")] = QatSettings.minutes,
     train: Annotated[bool, typer.Option(
         "--train/--no-train", help="Without a checkpoint given or found, train one briefly (default on).")] = True,
     json_output: JsonOption = False,
@@ -133,7 +141,9 @@ def export(
         model=model, checkpoint=checkpoint, dataset=dataset, data_dir=data_dir, artifacts=artifacts,
         export=ExportSettings(opset=opset, exporter=exporter, atol=atol, rtol=rtol, simplify=simplify),
         quant=quant,
-        calibration=calibration, eval_count=eval_count, train_if_missing=train)
+        calibration=calibration, eval_count=eval_count, train_if_missing=train,
+        qat="auto" if qat is None else ("on" if qat else "off"),
+        qat_settings=QatSettings(epochs=qat_epochs, images=qat_images, minutes=qat_minutes))
     show_result(export_with_progress(request), json_output)
 
 

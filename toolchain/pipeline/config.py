@@ -10,6 +10,7 @@ import math
 import platform
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from toolchain.errors import UsageError
 
@@ -169,3 +170,24 @@ class QuantSettings:
             return replace(self, reduce_range=False), None
         reason = u8s8_saturation_reason()
         return replace(self, reduce_range=reason is not None), reason
+
+
+@dataclass(frozen=True)
+class QatSettings:
+    """How long and how hard the fine-tune may run (it stops after the epoch that crosses ``minutes``)."""
+
+    epochs: int = 2
+    images: int = 10_000  # training images per epoch (a seeded sample of the train split)
+    minutes: float = 15.0
+    lr: float = 0.005
+    batch_size: int = 32
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.images < 1 or self.batch_size < 1:
+            raise UsageError("--qat-epochs and --qat-images must be at least 1", "pass e.g. --qat-epochs 2")
+        if not (math.isfinite(self.minutes) and self.minutes > 0) or not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError("--qat-minutes and the QAT learning rate must be positive", "pass e.g. --qat-minutes 15")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

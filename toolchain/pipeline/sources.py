@@ -76,9 +76,10 @@ class CheckpointSource:
     def record(self) -> dict[str, Any]:
         """What the manifest says of it."""
         sidecar = self.sidecar
+        qat = ((sidecar or {}).get("training") or {}).get("qat")
         return {"checkpoint": {"file": str(self.path), "sha256": self.sha256, "bytes": self.path.stat().st_size,
                                "trained": {key: sidecar.get(key) for key in ("dataset", "epoch", "metrics")}
-                               if sidecar else None}}
+                               if sidecar else None, **({"qat": qat} if qat else {})}}
 
     def metadata(self, context: "PassContext") -> dict[str, str]:
         """The exported model's metadata_props: what it is, trained on what, fed how."""

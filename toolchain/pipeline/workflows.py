@@ -26,9 +26,9 @@ from toolchain import __version__
 from toolchain.artifacts import ArtifactStore, artifact_id
 from toolchain.data.imagesets import (DEFAULT_EVAL_COUNT, ImageSetDefinition, array_file_record, is_array_file,
                                       load_definition, resolve_calibration_arg)
-from toolchain.errors import CalibrationError, CheckpointError, UsageError
+from toolchain.errors import AccuracyGateError, CalibrationError, CheckpointError, UsageError
 from toolchain.manifest import Manifest, read_manifest
-from toolchain.pipeline.config import ExportSettings, QuantSettings
+from toolchain.pipeline.config import ExportSettings, QatSettings, QuantSettings
 from toolchain.pipeline.context import ImageSetSpec, Messages, PassContext, silent
 from toolchain.pipeline.passes import ModelRecord, Pass, create_pass
 from toolchain.pipeline.runner import PassCache, Runner, default_pass_cache
@@ -56,6 +56,7 @@ QUANTIZE_PASSES = ("import-onnx", "simplify", "batchnorm", "quantize", "gate", "
 GRAPH_PASSES = ("simplify", "batchnorm")
 _NAME_RE = re.compile(r"[^a-z0-9._-]+")
 _STACK = ("torch", "onnx", "onnxruntime", "onnxsim", "numpy")
+QAT_MODES = ("auto", "on", "off")
 
 TrainProgressCallback = Callable[["TrainProgress"], None]
 
@@ -75,6 +76,9 @@ class ExportRequest:
     eval_count: int = DEFAULT_EVAL_COUNT
     train_if_missing: bool = True
     passes: tuple[str, ...] | None = None  # default: EXPORT_PASSES (less GRAPH_PASSES with --no-simplify)
+    # auto: fine-tune with QAT when post-training INT8 misses the gate; on: always first; off: never
+    qat: str = "auto"
+    qat_settings: QatSettings = field(default_factory=QatSettings)
 
 
 @dataclass(frozen=True)
@@ -321,7 +325,77 @@ def _execute(plan: Plan, store: ArtifactStore, context_arguments: dict[str, Any]
 
 def run_export(request: ExportRequest, on_message: Messages = silent,
                on_train_progress: TrainProgressCallback | None = None) -> PipelineResult:
-    """Checkpoint -> FP32 ONNX (parity-checked) -> simplified -> INT8 behind the gate -> artifact folder."""
+    """Checkpoint -> FP32 ONNX (parity-checked) -> simplified -> INT8 behind the gate -> artifact folder.
+
+    With ``qat`` "auto", an INT8 model that misses the gate after every post-training attempt sends the
+    checkpoint through quantization-aware fine-tuning (`toolchain.training.qat`) and the export runs again
+    on the fine-tuned checkpoint; "on" fine-tunes first, "off" never.
+    """
+    if request.qat not in QAT_MODES:
+        raise UsageError(f"unknown QAT mode {request.qat!r}", "use --qat, --no-qat or neither (auto)")
+    request.qat_settings.validate()
+    if request.qat == "on":
+        return _export_after_qat(request, None, on_message, on_train_progress)
+    try:
+        return _export_once(request, on_message, on_train_progress)
+    except AccuracyGateError as failure:
+        if request.qat != "auto":
+            raise
+        return _export_after_qat(request, failure, on_message, on_train_progress)
+
+
+def _export_after_qat(request: ExportRequest, failure: AccuracyGateError | None, on_message: Messages,
+                      on_train_progress: TrainProgressCallback | None) -> PipelineResult:
+    """Fine-tune the request's checkpoint with fake quantization (or reuse that fine-tune), then export it."""
+    from toolchain.errors import DatasetError, TrainingError
+    from toolchain.hashing import sha256_file
+    from toolchain.models import resolve
+    from toolchain.training.qat import fine_tune, qat_checkpoint_path
+
+    checkpoint = request.checkpoint or _find_or_train_checkpoint(request, on_message, on_train_progress)
+    quant = request.quant.resolved()[0]
+    bits = 7 if quant.reduce_range else 8
+    target = qat_checkpoint_path(request.artifacts, resolve(request.model).name, sha256_file(checkpoint),
+                                 request.qat_settings, bits, quant.activation_type, quant.per_channel)
+    why = failure.message if failure is not None else "--qat"
+    on_message((f"post-training INT8 misses the gate ({why}); " if failure is not None else "") +
+               f"quantization-aware fine-tuning of {checkpoint.name}: up to {request.qat_settings.epochs} epoch(s) on "
+               f"{request.qat_settings.images:,} images, {request.qat_settings.minutes:g} min at most (--no-qat refuses)")
+    try:
+        tuned = fine_tune(checkpoint, target, request.qat_settings, bits, quant.activation_type, request.data_dir,
+                          on_train_progress, reason=why, per_channel=quant.per_channel)
+    except (DatasetError, TrainingError) as exc:
+        if failure is None:
+            raise
+        raise AccuracyGateError(failure.message, f"{failure.hint}; quantization-aware fine-tuning was not possible: "
+                                f"{exc.message}") from None
+    on_message(("reusing the fine-tuned checkpoint " if tuned.reused else "fine-tuned: ") + str(tuned.checkpoint))
+    try:
+        return _export_once(replace(request, checkpoint=tuned.checkpoint, qat="off"), on_message, on_train_progress)
+    except AccuracyGateError as after:
+        if not tuned.reused:  # a failed run leaves the store as it was: the fine-tune did not help
+            _remove_qat_checkpoint(request.artifacts, tuned.checkpoint)
+        raise AccuracyGateError(f"{after.message}, after quantization-aware fine-tuning "
+                                f"({tuned.record.get('epochs_run', '?')} epoch(s))",
+                                f"{after.hint}, or more QAT (--qat-epochs, --qat-images)") from None
+
+
+def _remove_qat_checkpoint(artifacts: Path, checkpoint: Path) -> None:
+    """Delete a fine-tuned checkpoint's folder and the folders above it that it leaves empty (up to the store)."""
+    import shutil
+
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    folder = checkpoint.parent.parent
+    while folder != artifacts and folder.is_relative_to(artifacts):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+        folder = folder.parent
+
+
+def _export_once(request: ExportRequest, on_message: Messages,
+                 on_train_progress: TrainProgressCallback | None) -> PipelineResult:
     started = time.perf_counter()
     request.export.validate()
     request.quant.validate()

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,32 +26,12 @@ from torch import nn
 
 from toolchain.data import load_dataset
 from toolchain.data.transforms import iterate_batches
-from toolchain.errors import TrainingError, UsageError
+from toolchain.errors import TrainingError
+from toolchain.pipeline.config import QatSettings
 from toolchain.training.checkpoints import CheckpointInfo, load_checkpoint, save_checkpoint
 from toolchain.training.loop import EpochStats, TrainProgress, evaluate_with_loss, fit_batches
 
 QAT_DIR = "qat"
-
-
-@dataclass(frozen=True)
-class QatSettings:
-    """How long and how hard the fine-tune may run (it stops after the epoch that crosses ``minutes``)."""
-
-    epochs: int = 2
-    images: int = 10_000  # training images per epoch (a seeded sample of the train split)
-    minutes: float = 15.0
-    lr: float = 0.005
-    batch_size: int = 32
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.images < 1 or self.batch_size < 1:
-            raise UsageError("--qat-epochs and --qat-images must be at least 1", "pass e.g. --qat-epochs 2")
-        if not (math.isfinite(self.minutes) and self.minutes > 0) or not (math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError("--qat-minutes and the QAT learning rate must be positive", "pass e.g. --qat-minutes 15")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -64,15 +44,42 @@ class QatResult:
 
 
 def qat_checkpoint_path(artifacts: Path, model: str, parent_sha256: str, settings: QatSettings,
-                        weight_bits: int, activation_type: str) -> Path:
+                        weight_bits: int, activation_type: str, per_channel: bool = True) -> Path:
     """Where the fine-tune of this checkpoint with these settings lives (the same inputs reuse it)."""
     key = json.dumps({"parent": parent_sha256, "settings": settings.to_dict(), "weight_bits": weight_bits,
-                      "activations": activation_type}, sort_keys=True)
-    return artifacts / model / QAT_DIR / f"{parent_sha256[:12]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}" / \
+                      "activations": activation_type, "per_channel": per_channel}, sort_keys=True)
+    return artifacts / QAT_DIR / model / f"{parent_sha256[:12]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}" / \
         "checkpoint.pt"
 
 
-def _qconfig_mapping(weight_bits: int, activation_type: str) -> Any:
+def rescale_batchnorm_after_relu(model: nn.Module) -> int:
+    """In torch, what the batchnorm pass does in ONNX: each conv -> ReLU -> BN gives the BN's |scale| to its conv.
+
+    So that the fake-quantized conv weights are the ones INT8 will hold (per-tensor weight scales are not
+    blind to a per-channel factor). Exact: ReLU(a z) = a ReLU(z) for a > 0; the BN keeps sign * (x - a m) + beta
+    (dead channels, running variance ~0, keep their scale, as there). Returns how many BNs changed.
+    """
+    changed = 0
+    with torch.no_grad():
+        for unit in model.modules():
+            order = list(getattr(unit, "_modules", {}))
+            if order != ["conv", "act", "bn"] or not isinstance(unit.act, nn.ReLU):
+                continue
+            bn, conv = unit.bn, unit.conv
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            moved = torch.where(bn.running_var < 1e-12, torch.ones_like(scale), scale.abs())
+            live = moved == scale.abs()
+            conv.weight *= moved.reshape(-1, *([1] * (conv.weight.dim() - 1)))
+            if conv.bias is not None:
+                conv.bias *= moved
+            bn.weight.copy_(torch.where(live, torch.where(scale < 0, -1.0, 1.0), scale / moved))
+            bn.running_mean *= moved
+            bn.running_var.fill_(1.0 - bn.eps)
+            changed += 1
+    return changed
+
+
+def _qconfig_mapping(weight_bits: int, activation_type: str, per_channel: bool = True) -> Any:
     from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver,
                                        MovingAveragePerChannelMinMaxObserver, QConfig, QConfigMapping)
 
@@ -82,13 +89,18 @@ def _qconfig_mapping(weight_bits: int, activation_type: str) -> Any:
                                         dtype=torch.quint8 if unsigned else torch.qint8,
                                         qscheme=torch.per_tensor_affine)
     limit = 2 ** (weight_bits - 1) - 1
-    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-limit,
-                                    quant_max=limit, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
-                                    ch_axis=0)
+    if per_channel:
+        weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-limit,
+                                        quant_max=limit, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                        ch_axis=0)
+    else:
+        weight = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=-limit, quant_max=limit,
+                                        dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
     return QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
 
 
-def _prepared(model: nn.Module, sample: torch.Tensor, weight_bits: int, activation_type: str) -> nn.Module:
+def _prepared(model: nn.Module, sample: torch.Tensor, weight_bits: int, activation_type: str,
+              per_channel: bool = True) -> nn.Module:
     import warnings
 
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
@@ -96,8 +108,8 @@ def _prepared(model: nn.Module, sample: torch.Tensor, weight_bits: int, activati
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's deprecation notice for its own successor (torchao)
-            return prepare_qat_fx(copy.deepcopy(model).train(), _qconfig_mapping(weight_bits, activation_type),
-                                  example_inputs=(sample,))
+            return prepare_qat_fx(copy.deepcopy(model).train(),
+                                  _qconfig_mapping(weight_bits, activation_type, per_channel), example_inputs=(sample,))
     except Exception as exc:  # FX tracing raises assorted errors for untraceable code
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrainingError(f"quantization-aware training cannot trace this network: {detail[:160]}",
@@ -141,7 +153,7 @@ def _copy_back(prepared: nn.Module, model: nn.Module) -> None:
 
 def fine_tune(checkpoint: Path, output: Path, settings: QatSettings, weight_bits: int, activation_type: str,
               data_dir: Path | None = None, on_progress: Callable[[TrainProgress], None] | None = None,
-              reason: str = "") -> QatResult:
+              reason: str = "", per_channel: bool = True) -> QatResult:
     """Fine-tune ``checkpoint`` with fake quantization into ``output`` (reused when it is already there)."""
     settings.validate()
     if output.is_file():
@@ -159,7 +171,8 @@ def fine_tune(checkpoint: Path, output: Path, settings: QatSettings, weight_bits
         1000, settings.seed), mean=info.mean, std=info.std)
     torch.manual_seed(settings.seed)
     sample = next(iter(iterate_batches(test_set, 2, shuffle=False)))[0]
-    prepared = _prepared(loaded.model, sample, weight_bits, activation_type)
+    rescale_batchnorm_after_relu(loaded.model)
+    prepared = _prepared(loaded.model, sample, weight_bits, activation_type, per_channel)
     _freeze_batchnorm(prepared)
     optimizer = torch.optim.SGD(prepared.parameters(), lr=settings.lr, momentum=0.9)
     started, history = time.perf_counter(), []
@@ -180,7 +193,7 @@ def fine_tune(checkpoint: Path, output: Path, settings: QatSettings, weight_bits
     loaded.model.eval()
     _, accuracy = evaluate_with_loss(loaded.model, test_set)
     record = {"parent": {"file": str(checkpoint), "sha256": loaded.sha256}, "settings": settings.to_dict(),
-              "weight_bits": weight_bits, "activation_type": activation_type, "library": f"torch.ao {torch.__version__}",
+              "weight_bits": weight_bits, "activation_type": activation_type, "per_channel": per_channel, "library": f"torch.ao {torch.__version__}",
               "epochs_run": len(history), "history": history, "seconds": round(time.perf_counter() - started, 2),
               "fp32_test_top1_after": accuracy.top1, "reason": reason}
     fresh = replace(info, sha256="", created="", metrics={**info.metrics, "test_top1": accuracy.top1},
