@@ -215,6 +215,21 @@ class SSHTransport(Transport):
                 return None
             select.select([channel], [], [], _POLL_S)
 
+    @staticmethod
+    def _feed(channel: "paramiko.Channel", stdin: Iterator[bytes], on_bytes: BytesCallback | None) -> None:
+        sent = 0
+        for chunk in stdin:
+            try:
+                channel.sendall(chunk)
+            except OSError:
+                if channel.exit_status_ready():
+                    return  # the command ended before reading all of it: its status and stderr say why
+                raise
+            sent += len(chunk)
+            if on_bytes is not None:
+                on_bytes(sent)
+        channel.shutdown_write()
+
     def _exchange(self, channel: "paramiko.Channel", label: str, stdin: Iterator[bytes],
                   host_deadline: float | None = None, on_stderr_line: LineCallback | None = None,
                   on_bytes: BytesCallback | None = None) -> tuple[int | None, bytes, bytes]:
@@ -222,13 +237,7 @@ class SSHTransport(Transport):
         out, err = bytearray(), bytearray()
         splitter = LineSplitter(on_stderr_line)
         try:
-            sent = 0
-            for chunk in stdin:
-                channel.sendall(chunk)
-                sent += len(chunk)
-                if on_bytes is not None:
-                    on_bytes(sent)
-            channel.shutdown_write()
+            self._feed(channel, stdin, on_bytes)
             status = self._collect(channel, out, err, splitter, host_deadline, label)
         except (socket.timeout, TimeoutError):
             raise self._stalled(label) from None
