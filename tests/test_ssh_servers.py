@@ -75,7 +75,7 @@ def test_deploy_and_an_unchanged_redeploy_work_on_every_server(server: RunningSe
                                                                loopback_sshd: LoopbackSSHD,
                                                                deploy_artifacts: DeployArtifacts) -> None:
     artifact = artifact_copy(deploy_artifacts.loadable_by_1_16, tmp_path / "artifacts")
-    known_hosts = tmp_path / "known_hosts"
+    known_hosts = tmp_path / "server_known_hosts"
     known_hosts.write_text(server.known_hosts_line() + "\n")
     profile = loopback_sshd.profile(tmp_path, port=server.port, identity_file=server.client_key,
                                     known_hosts=known_hosts, python=sys.executable)
