@@ -208,21 +208,23 @@ class SSHTransport(Transport):
                 splitter.feed(chunk.decode(errors="replace"))
             if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready() \
                     and (channel.eof_received or channel.closed):
-                return channel.recv_exit_status()
+                status = channel.recv_exit_status()
+                if status == -1 and not self._alive():  # closed with the connection, not ended
+                    raise self._dropped(label)
+                return status
             if not self._alive():
                 raise self._dropped(label)
             if host_deadline is not None and time.monotonic() > host_deadline:
                 return None
             select.select([channel], [], [], _POLL_S)
 
-    @staticmethod
-    def _feed(channel: "paramiko.Channel", stdin: Iterator[bytes], on_bytes: BytesCallback | None) -> None:
+    def _feed(self, channel: "paramiko.Channel", stdin: Iterator[bytes], on_bytes: BytesCallback | None) -> None:
         sent = 0
         for chunk in stdin:
             try:
                 channel.sendall(chunk)
             except OSError:
-                if channel.exit_status_ready():
+                if channel.exit_status_ready() and self._alive():
                     return  # the command ended before reading all of it: its status and stderr say why
                 raise
             sent += len(chunk)
