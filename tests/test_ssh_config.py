@@ -104,3 +104,17 @@ def test_a_bad_jump_spec_and_an_include_loop_are_config_errors(home: Path, tmp_p
     looped.write_text(f"Include {looped}\n")
     with pytest.raises(TargetConfigError, match="Include nested deeper"):
         read_ssh_config(looped)
+
+
+def test_cli_shows_a_failing_proxy_command_as_one_error_and_one_hint(home: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = home / ".ssh" / "config"
+    config.write_text("Host board\n  HostName 10.201.9.2\n  ProxyCommand false\n")
+    target = profile_file(tmp_path, config, extra='connect_timeout = 2\n[target]\narch = "x86_64"\n')
+    done = subprocess.run([str(Path(sys.executable).with_name("toolchain")), "target", "check", "--target", str(target)],
+                          capture_output=True, text=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 2, done.stderr
+    assert lines[0].startswith("error: ") and "ProxyCommand" in lines[0] and lines[1].startswith("hint: ")

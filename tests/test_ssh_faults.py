@@ -178,11 +178,7 @@ def test_break_lock_never_stops_a_process_that_is_not_a_lock_holder(loopback_ssh
 def test_cli_names_the_stale_lock_in_two_lines_and_breaks_it_with_the_flag(loopback_sshd: LoopbackSSHD,
                                                                            tmp_path: Path, artifact: Path,
                                                                            stuck_holder: dict) -> None:
-    target = tmp_path / "target.toml"
-    target.write_text(f'name = "lab"\n[connection]\nhost = "{LOOPBACK}"\nport = {loopback_sshd.port}\nuser = "root"\n'
-                      f'identity_file = "{loopback_sshd.client_key}"\nknown_hosts = "{loopback_sshd.known_hosts(tmp_path)}"\n'
-                      f'ssh_config = ""\nuse_agent = false\n[target]\narch = "{platform.machine()}"\n'
-                      f'python = "{sys.executable}"\nworkdir = "{tmp_path / "work"}"\nmin_free_mb = 0\n')
+    target = loopback_sshd.profile_file(tmp_path, "lab", loopback_sshd.known_hosts(tmp_path), platform.machine())
     command = [TOOLCHAIN, "deploy", "--target", str(target), "--artifact", str(artifact), "--json"]
     refused = subprocess.run(command, capture_output=True, text=True)
     lines = refused.stderr.strip().splitlines()

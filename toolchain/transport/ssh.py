@@ -20,10 +20,10 @@
 from __future__ import annotations
 
 import select
-import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from toolchain.errors import ConnectionDroppedError, TransportError
 from toolchain.fsutil import atomic_write_bytes
@@ -232,6 +232,20 @@ class SSHTransport(Transport):
                 on_bytes(sent)
         channel.shutdown_write()
 
+    @contextmanager
+    def _guarded(self, label: str, failed: Callable[[BaseException], TransportError]) -> Iterator[None]:
+        """Turn what paramiko raises in the block into a stall, a drop, or `failed(exc)` (the target's refusal)."""
+        try:
+            yield
+        except TimeoutError:  # socket.timeout: a channel read or write made no progress for stall_timeout
+            raise self._stalled(label) from None
+        except TransportError:
+            raise
+        except Exception as exc:  # paramiko raises OSError, EOFError or SSHException
+            if self._lost(exc):
+                raise self._dropped(label) from None
+            raise failed(exc) from None
+
     def _exchange(self, channel: "paramiko.Channel", label: str, stdin: Iterator[bytes],
                   host_deadline: float | None = None, on_stderr_line: LineCallback | None = None,
                   on_bytes: BytesCallback | None = None) -> tuple[int | None, bytes, bytes]:
@@ -239,15 +253,10 @@ class SSHTransport(Transport):
         out, err = bytearray(), bytearray()
         splitter = LineSplitter(on_stderr_line)
         try:
-            self._feed(channel, stdin, on_bytes)
-            status = self._collect(channel, out, err, splitter, host_deadline, label)
-        except (socket.timeout, TimeoutError):
-            raise self._stalled(label) from None
-        except (OSError, EOFError) as exc:
-            if self._lost(exc):
-                raise self._dropped(label) from None
-            raise TransportError(f"{label} on {self.target} failed: {exc}", "rerun; if it persists, check sshd") \
-                from None
+            with self._guarded(label, lambda exc: TransportError(f"{label} on {self.target} failed: {exc}",
+                                                                 "rerun; if it persists, check sshd")):
+                self._feed(channel, stdin, on_bytes)
+                status = self._collect(channel, out, err, splitter, host_deadline, label)
         finally:
             channel.close()
         splitter.flush()
@@ -293,61 +302,49 @@ class SSHTransport(Transport):
             self._sftp.get_channel().settimeout(self.settings.stall_timeout)
         return self._sftp
 
-    def _streamed(self, argv: list[str], label: str, stdin: Iterator[bytes],
-                  on_bytes: BytesCallback | None = None) -> tuple[int | None, bytes, bytes]:
-        return self._exchange(self._open_channel(command_line(argv), label), label, stdin, on_bytes=on_bytes)
+    def _streamed(self, argv: list[str], label: str, stdin: Iterator[bytes], on_bytes: BytesCallback | None,
+                  refused: str, hint: str) -> bytes:
+        """Run a file-copy command over an exec channel; its stdout, or the target's reason as an error."""
+        status, out, err = self._exchange(self._open_channel(command_line(argv), label), label, stdin,
+                                          on_bytes=on_bytes)
+        if status != 0:
+            reason = err.decode(errors="replace").strip()[-300:] or f"exit status {status}"
+            raise TransportError(f"{refused} on {self.target}: {reason}", hint)
+        return out
 
     def put(self, local: Path, remote: str, *, on_bytes: BytesCallback | None = None) -> int:
         size = Path(local).stat().st_size
-        label = f"the upload of {Path(local).name}"
+        label, hint = f"the upload of {Path(local).name}", "check free space and permissions of the target folder"
         sftp = self._sftp_client()
         if sftp is None:
             with open(local, "rb") as handle:
-                status, _, err = self._streamed(put_command(remote, sha256_file(local)), label,
-                                                iter(lambda: handle.read(_CHUNK), b""), on_bytes)
-            if status != 0:
-                raise TransportError(f"cannot write {remote} on {self.target}: "
-                                     f"{err.decode(errors='replace').strip()[-300:] or f'exit status {status}'}",
-                                     "check free space and permissions of the target folder")
+                self._streamed(put_command(remote, sha256_file(local)), label, iter(lambda: handle.read(_CHUNK), b""),
+                               on_bytes, f"cannot write {remote}", hint)
             return size
-        try:
-            sftp.put(str(local), remote, callback=(lambda sent, _total: on_bytes(sent)) if on_bytes else None,
-                     confirm=True)
-        except (socket.timeout, TimeoutError):
-            raise self._stalled(label) from None
-        except Exception as exc:  # paramiko raises OSError, EOFError or SSHException here
-            if self._lost(exc):
-                raise self._dropped(label) from None
+
+        def refused(exc: BaseException) -> TransportError:
             try:
                 sftp.remove(remote)
             except (OSError, EOFError):
                 pass
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise TransportError(f"cannot write {remote} on {self.target}: {reason}",
-                                 "check free space and permissions of the target folder") from None
+            return TransportError(f"cannot write {remote} on {self.target}: {reason}", hint)
+
+        with self._guarded(label, refused):
+            sftp.put(str(local), remote, callback=(lambda sent, _total: on_bytes(sent)) if on_bytes else None,
+                     confirm=True)
         return size
 
     def get(self, remote: str, local: Path) -> int:
-        label = f"the download of {remote}"
+        label, hint = f"the download of {remote}", "check that the file exists on the target"
         sftp = self._sftp_client()
         if sftp is None:
-            status, data, err = self._streamed(get_command(remote), label, iter([]))
-            if status != 0:
-                raise TransportError(f"cannot read {remote} on {self.target}: "
-                                     f"{err.decode(errors='replace').strip()[-300:] or f'exit status {status}'}",
-                                     "check that the file exists on the target")
+            data = self._streamed(get_command(remote), label, iter([]), None, f"cannot read {remote}", hint)
         else:
-            try:
+            with self._guarded(label, lambda exc: TransportError(
+                    f"cannot read {remote} on {self.target}: {getattr(exc, 'strerror', None) or exc}", hint)):
                 with sftp.open(remote, "rb") as handle:
                     data = handle.read()
-            except (socket.timeout, TimeoutError):
-                raise self._stalled(label) from None
-            except (OSError, EOFError) as exc:
-                if self._lost(exc):
-                    raise self._dropped(label) from None
-                raise TransportError(f"cannot read {remote} on {self.target}: "
-                                     f"{getattr(exc, 'strerror', None) or exc}",
-                                     "check that the file exists on the target") from None
         atomic_write_bytes(local, data)
         return len(data)
 

@@ -8,6 +8,7 @@ Each failure becomes one typed error that names the hop it happened on.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -20,6 +21,12 @@ from toolchain.fsutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     import paramiko
+
+# paramiko logs every failure of its reader thread with a traceback on stderr; each one reaches the user
+# as a typed error instead, so its log stays quiet.
+_PARAMIKO_LOG = logging.getLogger("paramiko")
+_PARAMIKO_LOG.addHandler(logging.NullHandler())
+_PARAMIKO_LOG.propagate = False
 
 
 @dataclass(frozen=True)
