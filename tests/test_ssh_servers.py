@@ -32,11 +32,11 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield running
 
 
-def transport_for(server: RunningServer, folder: Path) -> SSHTransport:
+def transport_for(server: RunningServer, folder: Path, **values: object) -> SSHTransport:
     known_hosts = folder / "known_hosts"
     known_hosts.write_text(server.known_hosts_line() + "\n")
     return SSHTransport(SSHSettings(host=server.host, port=server.port, user="root", identity_file=server.client_key,
-                                    known_hosts=known_hosts, use_agent=False, connect_timeout=5))
+                                    known_hosts=known_hosts, use_agent=False, connect_timeout=5, **values))
 
 
 def test_files_round_trip_over_sftp_or_the_exec_stream(server: RunningServer, tmp_path: Path) -> None:
@@ -55,6 +55,13 @@ def test_the_target_shell_is_the_one_asked_for(server: RunningServer, tmp_path: 
     with transport_for(server, tmp_path) as transport:
         shell = transport.run(["sh", "-c", "readlink -f /proc/$$/exe; timeout --help 2>&1 | head -1"]).stdout
     assert ("busybox" in shell.lower()) == ("busybox" in server.kind)
+
+
+def test_every_server_answers_the_keepalives_that_detect_a_dead_peer(server: RunningServer, tmp_path: Path) -> None:
+    # a keep-alive every 0.3 s, dead after 0.6 s without an answer: the connection lives through six of them
+    with transport_for(server, tmp_path, keepalive_s=0.3, keepalive_count=2) as transport:
+        assert transport.run(["sleep", "2"]).exit_status == 0
+        assert transport.run(["true"]).exit_status == 0
 
 
 def test_a_write_into_a_full_disk_fails_and_leaves_no_partial_file(server: RunningServer, tmp_path: Path) -> None:
