@@ -113,8 +113,8 @@ def test_cli_shows_a_failing_proxy_command_as_one_error_and_one_hint(home: Path,
     config = home / ".ssh" / "config"
     config.write_text("Host board\n  HostName 10.201.9.2\n  ProxyCommand false\n")
     target = profile_file(tmp_path, config, extra='connect_timeout = 2\n[target]\narch = "x86_64"\n')
-    done = subprocess.run([str(Path(sys.executable).with_name("toolchain")), "target", "check", "--target", str(target)],
-                          capture_output=True, text=True)
+    toolchain = str(Path(sys.executable).with_name("toolchain"))
+    done = subprocess.run([toolchain, "target", "check", "--target", str(target)], capture_output=True, text=True)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 2, done.stderr
     assert lines[0].startswith("error: ") and "ProxyCommand" in lines[0] and lines[1].startswith("hint: ")

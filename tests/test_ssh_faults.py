@@ -163,7 +163,8 @@ def test_break_lock_never_stops_a_process_that_is_not_a_lock_holder(loopback_ssh
     bystander = subprocess.Popen(["sleep", "60"])
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\nf = open(sys.argv[1], 'w')\n"
                                "f.write(sys.argv[2]); f.flush(); fcntl.flock(f, fcntl.LOCK_EX); time.sleep(60)",
-                               str(workdir / LOCK_NAME), json.dumps({"command": "deploy", "target_pid": bystander.pid})])
+                               str(workdir / LOCK_NAME),
+                               json.dumps({"command": "deploy", "target_pid": bystander.pid})])
     try:
         time.sleep(1.0)
         with pytest.raises(LockHeldError) as caught:

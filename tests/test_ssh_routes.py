@@ -134,9 +134,10 @@ def test_cli_deploys_through_the_proxy_jump_of_an_ssh_config_alias(route: Route,
                           f"Host *\n  User root\n  IdentityFile {route.target.client_key}\n"
                           f"  UserKnownHostsFile {route.known_hosts}\n")
     target = tmp_path / "target.toml"
+    # stall_timeout: the route is under test here, not the disk of a loaded test machine
     target.write_text(f'name = "behind-bastion"\n[connection]\nhost = "board"\nssh_config = "{ssh_config}"\n'
-                      f'use_agent = false\n[target]\narch = "{platform.machine()}"\npython = "{sys.executable}"\n'
-                      f'workdir = "{tmp_path / "work"}"\nmin_free_mb = 0\n')
+                      f'use_agent = false\nstall_timeout = 120\n[target]\narch = "{platform.machine()}"\n'
+                      f'python = "{sys.executable}"\nworkdir = "{tmp_path / "work"}"\nmin_free_mb = 0\n')
     checked = subprocess.run([TOOLCHAIN, "target", "check", "--target", str(target), "--json"],
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr

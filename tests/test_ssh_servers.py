@@ -1,4 +1,5 @@
-"""Any POSIX SSH server is a target: OpenSSH and dropbear, with and without SFTP, and a BusyBox userland.
+"""Any POSIX SSH server is a target: OpenSSH and dropbear, with and without SFTP, a BusyBox userland, and a
+target whose only sha256sum is BusyBox's applet.
 
 Files go over SFTP where the server has it and over an exec-channel stream (sha256 checked, renamed)
 where it does not; a whole deploy and an unchanged redeploy work on each.
@@ -21,7 +22,8 @@ from toolchain.transport import SSHSettings, SSHTransport
 
 pytestmark = pytest.mark.sshd
 
-KINDS = ["openssh", "openssh-nosftp", "dropbear", "dropbear-nosftp", "dropbear-busybox-nosftp"]
+KINDS = ["openssh", "openssh-nosftp", "dropbear", "dropbear-nosftp", "dropbear-busybox-nosftp",
+         "openssh-nosha256sum-nosftp"]
 
 
 @pytest.fixture(scope="module", params=KINDS)

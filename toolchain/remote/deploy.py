@@ -178,7 +178,8 @@ def choose_runtime(session: TargetSession, index: WheelIndex, *, on_message: Mes
 
 
 def deploy(profile: TargetProfile, artifact_dir: Path | Artifact, *, clean: bool = False,
-           accept_new_host_key: bool = False, break_lock: bool = False, index: WheelIndex | None = None, on_message: Messages = lambda _: None,
+           accept_new_host_key: bool = False, break_lock: bool = False, index: WheelIndex | None = None,
+           on_message: Messages = lambda _: None,
            on_checks: ChecksCallback = lambda _: None, on_progress: UploadProgress | None = None) -> DeployReport:
     """Deploy one artifact folder to the profile's target; see the module docstring for what lands where.
 

@@ -235,7 +235,8 @@ def connect_error(exc: BaseException, settings: SSHSettings) -> Exception:
                 "check that an SSH server listens on that port and is not overloaded")
         return HostUnreachableError(f"SSH handshake with {settings.host}:{settings.port}{settings.route} failed: "
                                     f"{exc or type(exc).__name__}", hint)
-    return exc if isinstance(exc, Exception) else TransportError(str(exc))
+    return TransportError(f"cannot connect to {settings.address}{settings.route}: {type(exc).__name__}: {exc}",
+                          "check the key file, the address and the route; rerun with --debug for details")
 
 
 def open_chain(settings: SSHSettings, accepted: list[str]) -> list["paramiko.SSHClient"]:
