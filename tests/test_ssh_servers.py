@@ -2,11 +2,12 @@
 target whose only sha256sum is BusyBox's applet.
 
 Files go over SFTP where the server has it and over an exec-channel stream (sha256 checked, renamed)
-where it does not; a whole deploy and an unchanged redeploy work on each.
+where it does not; a whole deploy, an unchanged redeploy and a bench (its result fetched back) work on each.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +17,9 @@ import pytest
 from tests.fixtures.deploy import DeployArtifacts, artifact_copy
 from tests.fixtures.servers import RunningServer, running_server, server_prerequisites
 from tests.fixtures.sshd import LoopbackSSHD
+from toolchain.bench.results import validate_result
+from toolchain.bench.settings import BenchSettings
+from toolchain.bench.system import bench_remote
 from toolchain.errors import ConnectionDroppedError, TransportError
 from toolchain.remote.deploy import deploy
 from toolchain.transport import SSHSettings, SSHTransport
@@ -80,7 +84,7 @@ def test_a_write_into_a_full_disk_fails_and_leaves_no_partial_file(server: Runni
             transport.put(source, f"{server.tiny_disk}/missing/copy.bin")
 
 
-def test_deploy_and_an_unchanged_redeploy_work_on_every_server(server: RunningServer, tmp_path: Path,
+def test_deploy_an_unchanged_redeploy_and_a_bench_work_on_every_server(server: RunningServer, tmp_path: Path,
                                                                loopback_sshd: LoopbackSSHD,
                                                                deploy_artifacts: DeployArtifacts) -> None:
     artifact = artifact_copy(deploy_artifacts.loadable_by_1_16, tmp_path / "artifacts")
@@ -92,3 +96,5 @@ def test_deploy_and_an_unchanged_redeploy_work_on_every_server(server: RunningSe
     assert first.bytes_sent > 0 and len(first.upload.sent) == 5
     again = deploy(profile, artifact)
     assert again.bytes_sent == 0 and len(again.upload.unchanged) == 5
+    measured = bench_remote(profile, artifact, BenchSettings(threads=(1,), warmup=1, runs=3))
+    assert validate_result(json.loads(measured.path.read_text()))["remote"]["address"] == profile.address

@@ -248,7 +248,7 @@ class TargetSession:
             yield
         finally:
             stop.set()
-            beat.join()
+            beat.join(timeout=self.profile.stall_timeout)  # bounded: a heartbeat stuck on a stalled link must not delay the error
             process.stop()
 
     def _busy(self, holder_text: str, lock_path: str, tried_break: bool) -> LockHeldError:
