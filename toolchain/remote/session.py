@@ -248,7 +248,8 @@ class TargetSession:
             yield
         finally:
             stop.set()
-            beat.join(timeout=self.profile.stall_timeout)  # bounded: a heartbeat stuck on a stalled link must not delay the error
+            # bounded: a heartbeat stuck on a stalled link must not delay the error
+            beat.join(timeout=self.profile.stall_timeout)
             process.stop()
 
     def _busy(self, holder_text: str, lock_path: str, tried_break: bool) -> LockHeldError:
