@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 pytest_plugins: list[str] = ["tests.fixtures.data", "tests.fixtures.train", "tests.fixtures.sshd",
-                             "tests.fixtures.emulated", "tests.fixtures.deploy", "tests.fixtures.pipeline"]
+                             "tests.fixtures.emulated", "tests.fixtures.deploy", "tests.fixtures.pipeline",
+                             "tests.fixtures.servers"]
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

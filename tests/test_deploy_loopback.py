@@ -47,17 +47,6 @@ def remote_files(profile: TargetProfile, artifact: Path) -> set[str]:
     return {path.name for path in folder.iterdir()} if folder.is_dir() else set()
 
 
-def profile_file(loopback_sshd: LoopbackSSHD, folder: Path, name: str, known_hosts: Path, arch: str) -> Path:
-    """A target.toml for the loopback sshd, as a user would write one for `--target`."""
-    path = folder / "target.toml"
-    path.write_text(
-        f'name = "{name}"\n[connection]\nhost = "{LOOPBACK}"\nport = {loopback_sshd.port}\nuser = "root"\n'
-        f'identity_file = "{loopback_sshd.client_key}"\nknown_hosts = "{known_hosts}"\n'
-        f'ssh_config = ""\nuse_agent = false\n[target]\narch = "{arch}"\npython = "{sys.executable}"\n'
-        f'workdir = "{folder / "work"}"\nmin_free_mb = 0\n')
-    return path
-
-
 @pytest.fixture
 def artifact(deploy_artifacts: DeployArtifacts, tmp_path: Path) -> Path:
     """A private copy of the artifact the target's runtime (onnxruntime of this venv) loads."""
@@ -233,7 +222,7 @@ def test_clean_removes_other_artifacts_from_the_target(profile: TargetProfile, a
 
 def test_cli_deploy_prints_one_error_and_hint_for_an_unknown_host_key(loopback_sshd: LoopbackSSHD, tmp_path: Path,
                                                                       artifact: Path) -> None:
-    target = profile_file(loopback_sshd, tmp_path, "loopback", tmp_path / "empty_known_hosts", platform.machine())
+    target = loopback_sshd.profile_file(tmp_path, "loopback", tmp_path / "empty_known_hosts", platform.machine())
     command = [TOOLCHAIN, "deploy", "--target", str(target), "--artifact", str(artifact), "--json"]
     refused = subprocess.run(command, capture_output=True, text=True)
     lines = refused.stderr.strip().splitlines()
@@ -247,7 +236,7 @@ def test_cli_deploy_prints_one_error_and_hint_for_an_unknown_host_key(loopback_s
 
 def test_cli_target_check_shows_the_preflight_and_fails_on_a_wrong_architecture(loopback_sshd: LoopbackSSHD,
                                                                                  tmp_path: Path) -> None:
-    target = profile_file(loopback_sshd, tmp_path, "lab", loopback_sshd.known_hosts(tmp_path), "aarch64")
+    target = loopback_sshd.profile_file(tmp_path, "lab", loopback_sshd.known_hosts(tmp_path), "aarch64")
     command = [TOOLCHAIN, "target", "check", "--target", str(target)]
     wrong = subprocess.run(command + ["--json"], capture_output=True, text=True)
     checks = {item["name"]: item for item in json.loads(wrong.stdout)["checks"]}
@@ -264,7 +253,7 @@ def test_target_bench_makes_a_missing_artifact_then_deploys_benches_and_stores_o
     store = tmp_path / "artifacts"
     trained = store / "train" / "hps-06-0.25x" / "fashion-mnist" / "run"
     shutil.copytree(tiny_hps_checkpoint.parent, trained)  # what `toolchain train` leaves there
-    target = profile_file(loopback_sshd, tmp_path, "lab", loopback_sshd.known_hosts(tmp_path), platform.machine())
+    target = loopback_sshd.profile_file(tmp_path, "lab", loopback_sshd.known_hosts(tmp_path), platform.machine())
     outcome = subprocess.run([TOOLCHAIN, "target", "bench", "hps-06-0.25x", "--target", str(target), "--artifacts",
                               str(store), "--threads", "1", "--warmup", "1", "--runs", "3", "--json"],
                              capture_output=True, text=True)

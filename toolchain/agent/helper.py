@@ -15,12 +15,14 @@ import json
 import os
 import platform
 import re
+import select
 import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 import zipfile
 
 import common
@@ -120,33 +122,96 @@ def op_facts(workdir):
           "system_runtime": import_check(None), "runtimes": runtimes})
 
 
-def op_lock(path, holder):
-    """Hold an exclusive lock on `path` until stdin closes (the host's channel ending releases it)."""
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        os.makedirs(parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def try_flock(fd):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except (IOError, OSError) as exc:
         if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
             raise
-        sys.stdout.write("BUSY " + (os.read(fd, 65536).decode("utf-8", "replace").strip() or "{}") + "\n")
-        sys.stdout.flush()
-        sys.exit(EXIT_BUSY)
+        return False
+    return True
+
+
+def lock_record(fd):
+    """What the lock file says of its holder, with the age of its last heartbeat (the file's mtime)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        record = json.loads(os.read(fd, 65536).decode("utf-8", "replace") or "{}")
+    except ValueError:
+        record = {}
+    record = record if isinstance(record, dict) else {}
+    record["heartbeat_age_s"] = round(time.time() - os.fstat(fd).st_mtime, 1)
+    return record
+
+
+def is_lock_holder(pid, path):
+    """Is `pid` a helper holding the lock on `path` (the only kind of process --break-lock stops)?"""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            args = handle.read().split(b"\0")
+    except (IOError, OSError):
+        return False
+    return b"lock" in args and path.encode("utf-8") in args and any(arg.endswith(b"helper.py") for arg in args)
+
+
+def break_lock(fd, path, record):
+    """Stop the holder named in the lock file and take the lock (within 10 s); False if that is not possible."""
+    pid = record.get("target_pid")
+    if not isinstance(pid, int) or not is_lock_holder(pid, path):
+        return False
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if try_flock(fd):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def hold_lock(path, lease):
+    """Wait for stdin to close; with a lease, also end when no heartbeat byte came for `lease` seconds."""
+    stdin = sys.stdin.fileno()
+    while True:
+        if lease > 0 and not select.select([stdin], [], [], lease)[0]:
+            return "lease expired"
+        if not os.read(stdin, 4096):
+            return "released"
+        os.utime(path, None)
+
+
+def op_lock(path, holder, lease="0", mode="wait"):
+    """Hold an exclusive lock on `path` until stdin closes, or until `lease` s pass without a heartbeat byte.
+
+    The lock file records the holder (the host's JSON plus our pid here and the lease); its mtime is the
+    last heartbeat. Busy: prints BUSY and that record. Mode "break": the holder is stopped first.
+    """
+    lease = float(lease)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        os.makedirs(parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    broken = None
+    if not try_flock(fd):
+        record = lock_record(fd)
+        if mode != "break" or not break_lock(fd, path, record):
+            sys.stdout.write("BUSY " + json.dumps(record, sort_keys=True) + "\n")
+            sys.stdout.flush()
+            sys.exit(EXIT_BUSY)
+        broken = record
+    record = json.loads(holder)
+    record.update({"target_pid": os.getpid(), "lease_s": lease})
     os.ftruncate(fd, 0)
-    os.write(fd, holder.encode("utf-8"))
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps(record, sort_keys=True).encode("utf-8"))
     os.fsync(fd)
     # a dropped connection closes our stdin or hangs us up: either way the lock goes with us
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    sys.stdout.write("LOCKED\n")
+    sys.stdout.write("LOCKED" + (" " + json.dumps(broken, sort_keys=True) if broken else "") + "\n")
     sys.stdout.flush()
-    while sys.stdin.buffer.read(4096):
-        pass
+    why = hold_lock(path, lease)
     os.ftruncate(fd, 0)
     os.close(fd)
-    emit({"released": path})
+    emit({"released": path, "why": why})
 
 
 def op_prepare(directory, mode="create"):

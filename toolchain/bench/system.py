@@ -136,11 +136,12 @@ class LocalSystem(BenchSystem):
 class TargetSystem(BenchSystem):
     """A target profile's machine (SSH, or `--host local`): the agent runs from its installed folder there."""
 
-    def __init__(self, profile: TargetProfile, *, accept_new_host_key: bool = False) -> None:
+    def __init__(self, profile: TargetProfile, *, accept_new_host_key: bool = False, break_lock: bool = False) -> None:
         self.profile = profile
         self.name = profile.name
         self.emulated = profile.emulated
         self.accept_new_host_key = accept_new_host_key
+        self.break_lock = break_lock
 
     def artifact(self, source: Path | Artifact) -> Artifact:
         return source if isinstance(source, Artifact) else load_artifact(source)
@@ -152,7 +153,7 @@ class TargetSystem(BenchSystem):
             session = TargetSession(transport, profile)
             session.read_facts()
             remote_dir = session.remote_path(artifact.artifact_id)
-            with session.locked(f"bench of {artifact.model} {artifact.artifact_id}"):
+            with session.locked(f"bench of {artifact.model} {artifact.artifact_id}", break_lock=self.break_lock):
                 runtime = deployed_runtime(session, artifact, remote_dir)
                 remote = {"profile": profile.name, "address": profile.address, "emulated": profile.emulated,
                           "remote_dir": remote_dir, "runtime": runtime,
@@ -208,10 +209,10 @@ def bench_local(artifact_dir: Path | Artifact, settings: BenchSettings,
 
 
 def bench_remote(profile: TargetProfile, artifact_dir: Path | Artifact, settings: BenchSettings | None = None, *,
-                 accept_new_host_key: bool = False, on_message: Messages = lambda _: None,
+                 accept_new_host_key: bool = False, break_lock: bool = False, on_message: Messages = lambda _: None,
                  on_progress: ProgressCallback = lambda _: None) -> BenchRun:
     """Run the agent on the profile's target against a deployed artifact; store and return the checked result."""
-    return bench(TargetSystem(profile, accept_new_host_key=accept_new_host_key), artifact_dir,
+    return bench(TargetSystem(profile, accept_new_host_key=accept_new_host_key, break_lock=break_lock), artifact_dir,
                  settings or profile.bench.with_overrides(), on_message=on_message, on_progress=on_progress)
 
 

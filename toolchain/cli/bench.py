@@ -61,7 +61,8 @@ def bench(
     else:
         # `--host X` alone: the default profile, reached at X
         profile = replace(connection, target=None if connection.target == LOCAL else connection.target).profile()
-        system = TargetSystem(profile, accept_new_host_key=connection.accept_new_host_key)
+        system = TargetSystem(profile, accept_new_host_key=connection.accept_new_host_key,
+                              break_lock=connection.break_lock)
         settings = profile.bench.with_overrides(**overrides)
     with agent_progress() as on_progress:
         run = run_bench(system, folder, settings, on_message=(lambda _: None) if local else info,

@@ -71,6 +71,7 @@ def deploy(
     try:
         with UploadBar() as bar:
             report = run_deploy(profile, folder, clean=clean, accept_new_host_key=connection.accept_new_host_key,
+                                break_lock=connection.break_lock,
                                 index=WheelIndex(wheel_dir=wheels) if wheels else None, on_message=info,
                                 on_checks=lambda checks: shown.append(list(checks)), on_progress=bar)
     except ToolchainError:

@@ -55,6 +55,12 @@ KnownHostsOption = Annotated[Optional[Path], typer.Option(
 WorkdirOption = Annotated[Optional[str], typer.Option("--workdir", help="Work folder on the target.")]
 PythonOption = Annotated[Optional[str], typer.Option(
     "--python", help="Python interpreter on the target (replaces the profile's search list).")]
+JumpOption = Annotated[Optional[str], typer.Option(
+    "--jump", "-J", help="Jump host(s) to reach the target through, like ssh -J: [user@]host[:port][,...], each "
+    "looked up in ~/.ssh/config ('none': connect directly; default: the ProxyJump of ~/.ssh/config or the profile).")]
+BreakLockOption = Annotated[bool, typer.Option(
+    "--break-lock", help="Stop the run that holds the target's lock (the error names it, e.g. a stale one whose "
+    "link is gone) and take the lock; for the commands that take it (deploy, bench).")]
 AcceptNewHostKeyOption = Annotated[bool, typer.Option(
     "--accept-new-host-key", help="Trust and record the target's host key if known_hosts has none for it "
     "(like OpenSSH's accept-new); a changed key is still refused.")]
@@ -70,20 +76,27 @@ class Connection:
     user: str | None = None
     identity_file: Path | None = None
     known_hosts: Path | None = None
+    jump: str | None = None
     accept_new_host_key: bool = False
+    break_lock: bool = False
 
     def profile(self, **overrides: Any) -> "TargetProfile":
-        """The profile file (or its provider), ~/.ssh/config, then these flags and `overrides` (None: not given)."""
+        """The profile file (or its provider), ~/.ssh/config, then these flags and `overrides` (None: not given).
+
+        Resolved once, here: the result names the host, the login and the route (ProxyJump hops, each
+        through its own ~/.ssh/config entry, or a ProxyCommand) that every step of the command uses.
+        """
         from toolchain.providers import resolve_profile
 
         return resolve_profile(self.target, host=self.host, port=self.port, user=self.user,
-                               identity_file=self.identity_file, known_hosts=self.known_hosts, **overrides)
+                               identity_file=self.identity_file, known_hosts=self.known_hosts,
+                               proxy_jump=self.jump, **overrides)
 
 
 _CONNECTION_OPTIONS: dict[str, Any] = {
     "target": TargetOption, "host": HostOption, "port": PortOption, "user": UserOption,
-    "identity_file": IdentityFileOption, "known_hosts": KnownHostsOption,
-    "accept_new_host_key": AcceptNewHostKeyOption}
+    "identity_file": IdentityFileOption, "known_hosts": KnownHostsOption, "jump": JumpOption,
+    "accept_new_host_key": AcceptNewHostKeyOption, "break_lock": BreakLockOption}
 
 
 def with_accept_hint(error: HostKeyUnknownError) -> HostKeyUnknownError:

@@ -125,8 +125,8 @@ def _deploy_and_bench(profile: "TargetProfile", name: str, found: Path | None, a
     folder, exported = _artifact_or_export(found, name, artifacts, json_output)
     artifact = load_artifact(folder)  # checked once here, for the deploy and the bench
     with UploadBar() as bar:
-        report = run_deploy(profile, artifact, accept_new_host_key=connection.accept_new_host_key, on_message=info,
-                            on_progress=bar)
+        report = run_deploy(profile, artifact, accept_new_host_key=connection.accept_new_host_key,
+                            break_lock=connection.break_lock, on_message=info, on_progress=bar)
     info(f"deployed {report.artifact_id}: {report.bytes_sent:,} bytes sent in {report.seconds:.1f} s")
     with agent_progress() as on_progress:
         run = bench_remote(profile, artifact, settings, on_message=info, on_progress=on_progress)

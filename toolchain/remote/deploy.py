@@ -28,7 +28,7 @@ from toolchain.errors import TargetIncompatibleError
 from toolchain.hashing import sha256_file
 from toolchain.remote.preflight import FAIL, OK, Check, preflight_checks, require_passed
 from toolchain.remote.provision import Runtime, WheelIndex, existing_runtime, provision_runtime
-from toolchain.remote.session import LocalFile, TargetSession, UploadProgress, UploadResult
+from toolchain.remote.session import LocalFile, TargetSession, UploadProgress, UploadResult, describe_holder
 from toolchain.remote.target import TargetProfile, open_transport
 
 RECEIPT = "deploy.json"
@@ -178,12 +178,14 @@ def choose_runtime(session: TargetSession, index: WheelIndex, *, on_message: Mes
 
 
 def deploy(profile: TargetProfile, artifact_dir: Path | Artifact, *, clean: bool = False,
-           accept_new_host_key: bool = False, index: WheelIndex | None = None, on_message: Messages = lambda _: None,
+           accept_new_host_key: bool = False, break_lock: bool = False, index: WheelIndex | None = None,
+           on_message: Messages = lambda _: None,
            on_checks: ChecksCallback = lambda _: None, on_progress: UploadProgress | None = None) -> DeployReport:
     """Deploy one artifact folder to the profile's target; see the module docstring for what lands where.
 
     `on_checks` receives the table rows as they are decided (preflight, runtime, opset), also when a
-    check fails, so the caller can show them before the error.
+    check fails, so the caller can show them before the error. `break_lock` stops a run that holds the
+    target's lock first (a stale one, typically).
     """
     started = time.perf_counter()
     artifact = load_artifact(artifact_dir)
@@ -195,7 +197,9 @@ def deploy(profile: TargetProfile, artifact_dir: Path | Artifact, *, clean: bool
         report.checks = preflight_checks(facts, profile, artifact.total_bytes)
         on_checks(report.checks)
         require_passed(report.checks, transport.target)
-        with session.locked(f"deploy of {artifact.model} {artifact.artifact_id}"):
+        with session.locked(f"deploy of {artifact.model} {artifact.artifact_id}", break_lock=break_lock):
+            if session.broken_lock:
+                on_message(f"broke the lock of {describe_holder(session.broken_lock)}")
             report.runtime = choose_runtime(session, index or WheelIndex(), on_message=on_message,
                                             on_progress=on_progress)
             report.checks.append(Check("runtime", f"onnxruntime {report.runtime.onnxruntime}, numpy "

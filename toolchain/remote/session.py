@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import socket
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from toolchain.errors import (CommandFailedError, ConnectionDroppedError, Deploy
 from toolchain.remote.agent_package import (BENCH_AGENT, EXIT_BUSY, HELPER, UPLOAD_PREFIX, agent_package,
                                             bootstrap_command, stdin_program)
 from toolchain.remote.target import TargetProfile
-from toolchain.transport import Transport
+from toolchain.transport import BackgroundCommand, Transport
 
 LOCK_NAME = ".lock"
 _MB = 1 << 20
@@ -121,6 +122,29 @@ class UploadResult:
     removed_partial: list[str] = field(default_factory=list)
 
 
+def _holder_record(text: str) -> dict[str, Any]:
+    try:
+        record = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def describe_holder(holder: Mapping[str, Any]) -> str:
+    """Who holds a lock, from its record: `a deploy of M from user@host (pid N) since T`."""
+    if not holder.get("command"):
+        return "another run"
+    return (f"a {holder['command']} from {holder.get('user', '?')}@{holder.get('host', '?')} "
+            f"(pid {holder.get('pid', '?')}) since {holder.get('since', '?')}")
+
+
+def _heartbeat(process: BackgroundCommand, stop: threading.Event, interval: float) -> None:
+    """One byte to the lock holder's stdin every `interval` s: the target keeps the lock while they arrive."""
+    while not stop.wait(max(interval, 0.2)):
+        if not process.send(b"\n"):
+            return
+
+
 def format_mb(size: int) -> str:
     return f"{size / _MB:.1f} MB"
 
@@ -134,6 +158,8 @@ class TargetSession:
         self.facts: TargetFacts | None = None
         #: the target's interpreter: the profile's first until the preflight finds the one it has
         self.python = profile.python
+        #: the holder record of a lock that `locked(break_lock=True)` broke
+        self.broken_lock: dict[str, Any] | None = None
         self._agent_dir: str | None = None
 
     @property
@@ -197,40 +223,60 @@ class TargetSession:
     def remote_path(self, *parts: str) -> str:
         return "/".join([self.require_facts().workdir.rstrip("/"), *parts])
 
+    @property
+    def lock_lease_s(self) -> float:
+        """How long the target keeps the lock without a heartbeat from this host (a stalled link's limit)."""
+        return self.profile.keepalive * (self.profile.keepalive_count + 1)
+
     @contextmanager
-    def locked(self, purpose: str) -> Iterator[None]:
+    def locked(self, purpose: str, *, break_lock: bool = False) -> Iterator[None]:
         """Hold the target's lock (a flock held by a helper process) for the duration of the block.
 
-        The lock is released when the block ends, and also when this process dies or the connection
-        drops (the helper's stdin closes), so a killed run never leaves a stale lock behind.
+        The lock is released when the block ends, when this process dies or the connection drops (the
+        helper's stdin closes), and when the link stalls: the helper gives the lock up once no heartbeat
+        arrived for `lock_lease_s`. `break_lock` stops a holder first (its pid on the target is in the file).
         """
         holder = json.dumps({"command": purpose, "host": socket.gethostname(), "user": getpass.getuser(),
                              "pid": os.getpid(),
                              "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         lock_path = self.remote_path(LOCK_NAME)
-        process = self.transport.spawn([self.python, self.agent_script(HELPER), "lock", lock_path, holder],
-                                       label="lock")
+        process = self.transport.spawn([self.python, self.agent_script(HELPER), "lock", lock_path, holder,
+                                        f"{self.lock_lease_s:g}", "break" if break_lock else "wait"], label="lock")
         answer = process.readline(self.profile.command_timeout)
-        if answer != "LOCKED":
+        if answer is None or not answer.startswith("LOCKED"):
             status = process.stop(timeout=5.0)
             if answer and answer.startswith("BUSY") and status in (EXIT_BUSY, None):
-                raise self._busy(answer.removeprefix("BUSY").strip(), lock_path)
+                raise self._busy(answer.removeprefix("BUSY").strip(), lock_path, break_lock)
             raise TransportError(f"cannot take the lock {lock_path} on {self.target}: {answer or 'no answer'}",
                                  "check that the work folder on the target is writable")
+        self.broken_lock = _holder_record(answer.removeprefix("LOCKED").strip()) or None
+        stop = threading.Event()
+        beat = threading.Thread(target=_heartbeat, args=(process, stop, self.profile.keepalive), daemon=True)
+        beat.start()
         try:
             yield
         finally:
+            stop.set()
+            # bounded: a heartbeat stuck on a stalled link must not delay the error
+            beat.join(timeout=self.profile.stall_timeout)
             process.stop()
 
-    def _busy(self, holder_text: str, lock_path: str) -> LockHeldError:
-        try:
-            holder = json.loads(holder_text)
-        except ValueError:
-            holder = {}
-        who = (f"a {holder.get('command', 'run')} from {holder.get('user', '?')}@{holder.get('host', '?')} "
-               f"(pid {holder.get('pid', '?')}) since {holder.get('since', '?')}") if holder else "another run"
+    def _busy(self, holder_text: str, lock_path: str, tried_break: bool) -> LockHeldError:
+        holder = _holder_record(holder_text)
+        who = describe_holder(holder)
+        age, lease = holder.get("heartbeat_age_s"), holder.get("lease_s")
+        if tried_break:
+            return LockHeldError(f"{self.target}: cannot break the lock {lock_path} of {who}: its holder "
+                                 f"(pid {holder.get('target_pid', '?')} there) is not a toolchain lock process",
+                                 f"stop that process on the target, or remove {lock_path} there by hand")
+        if isinstance(age, (int, float)) and lease and age > lease:
+            return LockHeldError(f"{self.target}: the lock {lock_path} is stale: {who} holds it, but its last "
+                                 f"heartbeat was {age:g} s ago (lease {lease:g} s)",
+                                 "its run is stuck or its link is gone; rerun with --break-lock to stop it and "
+                                 "take the lock")
         return LockHeldError(f"{self.target} is busy: {who} holds {lock_path}",
-                             "wait for it to finish and rerun; the lock ends with that run or its connection")
+                             "wait for it to finish and rerun; the lock ends with that run or its connection "
+                             "(--break-lock stops it)")
 
     def require_space(self, needed: int, free: int, what: str) -> None:
         """Refuse before writing anything when `needed` bytes plus the profile's margin do not fit."""

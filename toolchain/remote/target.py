@@ -1,7 +1,9 @@
 """Target profiles (targets/<name>/target.toml), ~/.ssh/config aliases and command-line overrides.
 
 Precedence, highest first: command-line flags, the ~/.ssh/config entry of the host (HostName, User,
-Port, IdentityFile, UserKnownHostsFile), the profile file. Nothing in a profile is a secret: keys stay
+Port, IdentityFile, UserKnownHostsFile, ProxyJump, ProxyCommand; Include and Match honoured, see
+toolchain.remote.ssh_config), the profile file. `resolve_profile` does it all once; the jump hosts
+come out resolved (`jumps`), each through its own ~/.ssh/config entry. Nothing in a profile is a secret: keys stay
 in their files and are referred to by path.
 """
 
@@ -12,11 +14,15 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from toolchain.bench.settings import BenchDefaults
 from toolchain.errors import TargetConfigError
+from toolchain.remote.ssh_config import JumpHost, jump_hosts, lookup, read_ssh_config
 from toolchain.transport import LocalTransport, SSHSettings, SSHTransport, Transport
+
+if TYPE_CHECKING:
+    import paramiko
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,6 +66,12 @@ class TargetProfile:
     connect_timeout: float = 10.0
     command_timeout: float = 300.0
     keepalive: float = 15.0
+    keepalive_count: int = 3
+    stall_timeout: float = 30.0
+    proxy_jump: str | None = None
+    proxy_command: str | None = None
+    #: the ProxyJump hops, outermost first, as resolve_profile found them (not read from the file)
+    jumps: tuple[JumpHost, ...] = ()
     # [target]
     arch: str = "aarch64"
     cores: int | None = None
@@ -118,7 +130,8 @@ _SECTIONS: dict[str | None, dict[str, type | tuple[type, ...]]] = {
     None: {"name": str, "description": str, "emulated": bool},
     "connection": {"host": str, "port": int, "user": str, "identity_file": str, "known_hosts": str,
                    "ssh_config": str, "use_agent": bool, "connect_timeout": (int, float),
-                   "command_timeout": (int, float), "keepalive": (int, float)},
+                   "command_timeout": (int, float), "keepalive": (int, float), "keepalive_count": int,
+                   "stall_timeout": (int, float), "proxy_jump": str, "proxy_command": str},
     "target": {"arch": str, "cores": int, "cpu": str, "python": (str, list), "workdir": str, "min_free_mb": int},
     "runtime": {"onnxruntime": str, "numpy": str},
     "bench": {"threads": list, "batch": int, "warmup": int, "runs": int, "min_time": (int, float),
@@ -226,30 +239,41 @@ def load_profile(reference: str | Path | None = None) -> TargetProfile:
     return parse_profile(path, text)
 
 
-def apply_ssh_config(profile: TargetProfile) -> TargetProfile:
-    """Honour the ~/.ssh/config entry for the profile's host (HostName, User, Port, IdentityFile)."""
+def _ssh_config(profile: TargetProfile) -> tuple["paramiko.SSHConfig | None", Path | None]:
+    """The profile's ~/.ssh/config, parsed (None where it has none or the target is this machine)."""
     if profile.is_local or not profile.host or profile.ssh_config is None:
-        return profile
+        return None, None
     path = profile.ssh_config.expanduser()
-    if not path.is_file():
-        return profile
-    import paramiko
+    return (read_ssh_config(path), path) if path.is_file() else (None, None)
 
-    try:
-        entry = paramiko.SSHConfig.from_path(str(path)).lookup(profile.host)
-    except (OSError, paramiko.ssh_exception.ConfigParseError) as exc:
-        raise TargetConfigError(f"cannot read {path}: {exc}", "fix the file or set ssh_config = \"\"") from None
-    identity = entry.get("identityfile") or []
-    port = entry.get("port")
-    known_hosts = entry.get("userknownhostsfile")
-    try:
-        port_number = int(port) if port else None
-    except ValueError:
-        raise TargetConfigError(f"{path}: Port {port!r} of host {profile.host} is not a number",
-                                "fix the Port line") from None
-    return profile.with_overrides(host=entry.get("hostname"), user=entry.get("user"), port=port_number,
-                                  identity_file=Path(identity[0]) if identity else None,
-                                  known_hosts=Path(known_hosts.split()[0]) if known_hosts else None)
+
+def apply_ssh_config(profile: TargetProfile, config: "paramiko.SSHConfig | None" = None,
+                     path: Path | None = None) -> TargetProfile:
+    """Honour the ~/.ssh/config entry for the profile's host (HostName, User, Port, IdentityFile,
+    UserKnownHostsFile, ProxyJump, ProxyCommand); `config` and `path`: the file already read."""
+    if config is None:
+        config, path = _ssh_config(profile)
+    if config is None or path is None or not profile.host:
+        return profile
+    entry = lookup(config, profile.host, path)
+    return profile.with_overrides(host=entry.hostname, user=entry.user, port=entry.port,
+                                  identity_file=entry.identity_file, known_hosts=entry.known_hosts,
+                                  proxy_jump=entry.proxy_jump, proxy_command=entry.proxy_command)
+
+
+def _expand_tokens(command: str, profile: TargetProfile) -> str:
+    """OpenSSH's %h, %p, %r and %% in a ProxyCommand given in the profile or by flag."""
+    values = {"h": profile.host or "", "p": str(profile.port), "r": profile.user or "", "%": "%"}
+    return re.sub(r"%([hpr%])", lambda match: values[match.group(1)], command)
+
+
+def with_route(profile: TargetProfile, config: "paramiko.SSHConfig | None", path: Path | None) -> TargetProfile:
+    """The profile with its ProxyJump hops resolved (`jumps`) and its ProxyCommand's tokens expanded."""
+    jump = profile.proxy_jump if profile.proxy_jump and profile.proxy_jump.lower() != "none" else None
+    command = profile.proxy_command if profile.proxy_command and profile.proxy_command.lower() != "none" else None
+    jumps = jump_hosts(jump, config, path, profile.identity_file) if jump and not profile.is_local else ()
+    return dataclasses.replace(profile, proxy_jump=jump, jumps=jumps,
+                               proxy_command=_expand_tokens(command, profile) if command else None)
 
 
 def resolve_profile(reference: str | Path | None = None, *, host: str | None = None,
@@ -257,26 +281,35 @@ def resolve_profile(reference: str | Path | None = None, *, host: str | None = N
     """The profile a command runs with: file, then its provider, then ~/.ssh/config for the host, then flags.
 
     `provider` (toolchain.providers.provide for the CLI) fills in how to reach a target that something on
-    this machine provides, such as the emulated Bluebox; a --host of its own skips it.
+    this machine provides, such as the emulated Bluebox; a --host of its own skips it. ~/.ssh/config is
+    read once, for the host and for its jump hosts.
     """
     profile = load_profile(reference)
     if provider is not None and host is None:
         profile = provider(profile)
     if host is not None:
         profile = profile.with_overrides(host=host)
-    profile = apply_ssh_config(profile)
-    profile = profile.with_overrides(**overrides)
+    config, path = _ssh_config(profile)
+    profile = apply_ssh_config(profile, config, path).with_overrides(**overrides)
     if not profile.host:
         raise TargetConfigError(f"no host for target {profile.name}",
                                 "pass --host (an address or a ~/.ssh/config alias) or set host in the profile")
-    return profile
+    return with_route(profile, config, path)
 
 
 def open_transport(profile: TargetProfile, *, accept_new_host_key: bool = False) -> Transport:
-    """The transport for a resolved profile (nothing connects until the first command)."""
+    """The transport for a resolved profile (nothing connects until the first command).
+
+    Jump hosts are checked like the target: the same known_hosts file, the same accept-new choice.
+    """
     if profile.is_local:
         return LocalTransport()
-    return SSHTransport(SSHSettings(
-        host=profile.host or "", port=profile.port, user=profile.user, identity_file=profile.identity_file,
-        known_hosts=profile.known_hosts, accept_new_host_key=accept_new_host_key, use_agent=profile.use_agent,
-        connect_timeout=profile.connect_timeout, keepalive_s=profile.keepalive))
+    common = dict(known_hosts=profile.known_hosts, accept_new_host_key=accept_new_host_key,
+                  use_agent=profile.use_agent, connect_timeout=profile.connect_timeout,
+                  keepalive_s=profile.keepalive, keepalive_count=profile.keepalive_count,
+                  stall_timeout=profile.stall_timeout)
+    jumps = tuple(SSHSettings(host=hop.host, port=hop.port, user=hop.user, identity_file=hop.identity_file, **common)
+                  for hop in profile.jumps)
+    return SSHTransport(SSHSettings(host=profile.host or "", port=profile.port, user=profile.user,
+                                    identity_file=profile.identity_file, jumps=jumps,
+                                    proxy_command=profile.proxy_command, **common))

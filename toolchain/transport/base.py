@@ -125,6 +125,10 @@ class BackgroundCommand(ABC):
         """The next line of its stdout, or None when it ended or nothing came within `timeout` s."""
 
     @abstractmethod
+    def send(self, data: bytes) -> bool:
+        """Write `data` to its stdin (a heartbeat); False when the command or its connection is gone."""
+
+    @abstractmethod
     def stop(self, timeout: float = 10.0) -> int | None:
         """Close its stdin (its cue to finish), wait for it, return its exit status (None: unknown)."""
 

@@ -67,6 +67,15 @@ class _LocalBackground(BackgroundCommand):
             return None
         return None if line is None else line.decode(errors="replace").rstrip("\n")
 
+    def send(self, data: bytes) -> bool:
+        try:
+            assert self._process.stdin is not None
+            self._process.stdin.write(data)
+            self._process.stdin.flush()
+        except (OSError, ValueError):  # ValueError: stdin already closed by stop()
+            return False
+        return True
+
     def stop(self, timeout: float = 10.0) -> int | None:
         if self._process.stdin is not None and not self._process.stdin.closed:
             self._process.stdin.close()

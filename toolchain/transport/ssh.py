@@ -1,113 +1,49 @@
-"""SSH transport (paramiko): key authentication, strict host keys, timeouts, typed errors.
+"""SSH transport (paramiko): key authentication, strict host keys, deadlines on every read and write, typed errors.
 
 - Authentication: the identity file and/or ssh-agent, never a password.
-- Host keys: checked against one known_hosts file. An unknown key is refused with its fingerprint
-  unless `accept_new_host_key` is set (OpenSSH's `accept-new`: the key is then appended to the file);
-  a changed key is always refused.
-- Timeouts: TCP connect, SSH handshake and authentication each get `connect_timeout`; every command
-  gets a timeout enforced on the target (coreutils `timeout`, which stops the whole process group) and
-  a host-side deadline a little later in case the connection itself hangs; keep-alives detect dead links.
+- Host keys: checked against one known_hosts file, for the target and every jump host alike. An unknown
+  key is refused with its fingerprint unless `accept_new_host_key` is set (OpenSSH's `accept-new`: the
+  key is then appended to the file); a changed key is always refused.
+- Routes: direct, through a ProxyCommand, or through ProxyJump hosts (direct-tcpip channels); see
+  toolchain.transport.ssh_connect.
+- Deadlines: TCP connect, SSH handshake and authentication each get `connect_timeout`; every command
+  gets a timeout enforced on the target (`timeout`, coreutils or BusyBox, which stops the whole
+  process group) and a host-side deadline a little later in case the connection itself hangs; every
+  channel read and write, SFTP included, fails after `stall_timeout` seconds without progress; and
+  keep-alives that want an answer close a connection whose peer went silent (toolchain.transport.liveness).
+- Files: SFTP where the server has it, else an exec-channel stream checked by sha256
+  (toolchain.transport.stream), so any POSIX SSH server (dropbear without sftp-server) is a target.
 - Retries, with back-off, only for failures that are likely to pass (a handshake reset or a banner that
   did not arrive); a refused connection, a bad key or a failed login fail at once.
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import select
-import socket
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
-from toolchain.errors import (AuthenticationFailedError, ConnectionDroppedError, HostKeyMismatchError,
-                              HostKeyUnknownError, HostUnreachableError, TargetConfigError, TransportError)
+from toolchain.errors import ConnectionDroppedError, TransportError
 from toolchain.fsutil import atomic_write_bytes
+from toolchain.hashing import sha256_file
 from toolchain.transport.base import (BackgroundCommand, BytesCallback, CommandResult, LineCallback, LineSplitter,
                                       Transport, describe_argv, finish_command)
+from toolchain.transport.liveness import PeerWatch
 from toolchain.transport.quoting import TIMEOUT_KILL_AFTER_S, check_argv, command_line
+from toolchain.transport.ssh_connect import SSHSettings, check_identity, connect_error, is_transient, open_chain
+from toolchain.transport.stream import get_command, put_command
 
 if TYPE_CHECKING:
     import paramiko
 
+__all__ = ["SSHSettings", "SSHTransport"]
+
 # how much later than the on-target timeout the host gives up on a command that sends nothing back
 _HOST_DEADLINE_GRACE_S = TIMEOUT_KILL_AFTER_S + 10.0
 _POLL_S = 0.25
-
-
-@dataclass(frozen=True)
-class SSHSettings:
-    """Everything needed to reach one target over SSH (no secrets: keys stay in their files)."""
-
-    host: str
-    port: int = 22
-    user: str | None = None
-    identity_file: Path | None = None
-    known_hosts: Path = Path("~/.ssh/known_hosts")
-    accept_new_host_key: bool = False
-    use_agent: bool = True
-    connect_timeout: float = 10.0
-    keepalive_s: float = 15.0
-    connect_attempts: int = 3
-    retry_backoff_s: float = 0.5
-
-    @property
-    def known_hosts_name(self) -> str:
-        """The host's name as known_hosts stores it (OpenSSH writes `[host]:port` for other ports)."""
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return f"{self.user + '@' if self.user else ''}{self.host}:{self.port}"
-
-
-def _known_hosts_path(settings: SSHSettings) -> Path:
-    return settings.known_hosts.expanduser()
-
-
-def _append_known_host(path: Path, name: str, key: "paramiko.PKey") -> None:
-    """Add one `name keytype base64` line to known_hosts, written atomically, mode 600."""
-    existing = path.read_bytes() if path.is_file() else b""
-    if existing and not existing.endswith(b"\n"):
-        existing += b"\n"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    atomic_write_bytes(path, existing + f"{name} {key.get_name()} {key.get_base64()}\n".encode())
-    os.chmod(path, 0o600)
-
-
-def _host_key_policy(settings: SSHSettings, accepted: list[str]) -> "paramiko.MissingHostKeyPolicy":
-    import paramiko
-
-    class RefuseOrAcceptNew(paramiko.MissingHostKeyPolicy):
-        """Unknown host key: refuse with its fingerprint, or (explicit opt-in) trust and record it."""
-
-        def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-            known_hosts = _known_hosts_path(settings)
-            if not settings.accept_new_host_key:
-                key_file = f"/etc/ssh/ssh_host_{key.get_name().removeprefix('ssh-').split('-')[0]}_key.pub"
-                raise HostKeyUnknownError(
-                    f"the host key of {hostname} is not in {known_hosts}: {key.get_name()} {key.fingerprint}",
-                    f"check it on the target (ssh-keygen -lf {key_file}); if it matches, rerun with "
-                    f"--accept-new-host-key to add it to {known_hosts}")
-            _append_known_host(known_hosts, hostname, key)
-            client.get_host_keys().add(hostname, key.get_name(), key)
-            accepted.append(f"{key.get_name()} {key.fingerprint}")
-
-    return RefuseOrAcceptNew()
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Handshake resets and missing banners pass; refusals, bad keys and failed logins do not."""
-    import paramiko
-
-    if isinstance(exc, (paramiko.AuthenticationException, paramiko.BadHostKeyException)):
-        return False
-    if isinstance(exc, (ConnectionResetError, EOFError)):
-        return True
-    return isinstance(exc, paramiko.SSHException) and (
-        "banner" in str(exc).lower() or "reset" in str(exc).lower() or "closed" in str(exc).lower())
+_CHUNK = 32768
 
 
 class _SSHBackground(BackgroundCommand):
@@ -131,6 +67,13 @@ class _SSHBackground(BackgroundCommand):
             return None
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line.decode(errors="replace")
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self._channel.sendall(data)
+        except Exception:  # paramiko raises OSError, EOFError or SSHException on a closed or stalled channel
+            return False
+        return True
 
     def stop(self, timeout: float = 10.0) -> int | None:
         try:
@@ -156,7 +99,11 @@ class SSHTransport(Transport):
         #: host keys trusted during this session through `accept_new_host_key` (for the CLI to report)
         self.accepted_host_keys: list[str] = []
         self._client: paramiko.SSHClient | None = None
+        self._hops: list[paramiko.SSHClient] = []
+        self._watch: PeerWatch | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        #: the server has no SFTP subsystem: files go over exec channels
+        self.sftp_missing = False
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -166,132 +113,71 @@ class SSHTransport(Transport):
 
     def _connected(self) -> "paramiko.SSHClient":
         if self._client is not None:
-            transport = self._client.get_transport()
-            if transport is not None and transport.is_active():
+            if self._alive():
                 return self._client
-            self._drop_client()
-            raise ConnectionDroppedError(f"the connection to {self.target} dropped",
-                                         "check the network and the target, then rerun")
+            raise self._dropped(None)
         settings = self.settings
-        if settings.identity_file is not None and not settings.identity_file.expanduser().is_file():
-            raise TargetConfigError(f"identity file {settings.identity_file} does not exist",
-                                    "point identity_file (target profile) or --identity-file at your private key")
+        for hop in (*settings.jumps, settings):
+            check_identity(hop)
         delay = settings.retry_backoff_s
         for attempt in range(1, settings.connect_attempts + 1):
             try:
-                self._client = self._open_client()
-                return self._client
+                *self._hops, self._client = open_chain(settings, self.accepted_host_keys)
             except Exception as exc:
-                if attempt < settings.connect_attempts and _is_transient(exc):
+                if attempt < settings.connect_attempts and is_transient(exc):
                     time.sleep(delay)
                     delay *= 2
                     continue
-                raise self._connect_error(exc) from None
+                raise connect_error(exc, settings) from None
+            transport = self._client.get_transport()
+            assert transport is not None
+            self._watch = PeerWatch(transport, settings.keepalive_s, settings.keepalive_count)
+            return self._client
         raise AssertionError("unreachable: the loop returns or raises")
-
-    def _open_client(self) -> "paramiko.SSHClient":
-        import paramiko
-
-        settings = self.settings
-        try:
-            sock = socket.create_connection((settings.host, settings.port), timeout=settings.connect_timeout)
-        except ConnectionResetError:
-            raise  # accepted and reset at once (an overloaded server or a flaky link): worth a retry
-        except OSError as exc:
-            raise self._unreachable(exc) from None
-        client = paramiko.SSHClient()
-        known_hosts = _known_hosts_path(settings)
-        try:
-            if known_hosts.is_file():
-                client.load_host_keys(str(known_hosts))
-            client.set_missing_host_key_policy(_host_key_policy(settings, self.accepted_host_keys))
-            client.connect(settings.host, port=settings.port, username=settings.user, password=None,
-                           key_filename=str(settings.identity_file.expanduser()) if settings.identity_file else None,
-                           allow_agent=settings.use_agent, look_for_keys=False, sock=sock,
-                           timeout=settings.connect_timeout, banner_timeout=settings.connect_timeout,
-                           auth_timeout=settings.connect_timeout, channel_timeout=settings.connect_timeout)
-        except BaseException:
-            client.close()
-            sock.close()
-            raise
-        transport = client.get_transport()
-        assert transport is not None
-        transport.set_keepalive(max(int(settings.keepalive_s), 1))
-        return client
-
-    def _unreachable(self, exc: OSError) -> HostUnreachableError:
-        settings = self.settings
-        where = f"{settings.host}:{settings.port}"
-        if isinstance(exc, socket.gaierror):
-            return HostUnreachableError(f"cannot resolve {settings.host}: {exc.strerror}",
-                                        "check the host name (target profile, --host or ~/.ssh/config)")
-        if isinstance(exc, (socket.timeout, TimeoutError)):
-            return HostUnreachableError(f"cannot reach {where}: no answer within {settings.connect_timeout:g} s",
-                                        "check that the target is on and on this network (ping it)")
-        if exc.errno == errno.ECONNREFUSED:
-            return HostUnreachableError(f"cannot reach {where}: connection refused",
-                                        "check that sshd runs on the target and the port is right (--port)")
-        return HostUnreachableError(f"cannot reach {where}: {exc.strerror or exc}",
-                                    "check the address and the network route to the target")
-
-    def _connect_error(self, exc: BaseException) -> Exception:
-        import paramiko
-
-        settings = self.settings
-        if isinstance(exc, (HostUnreachableError, HostKeyUnknownError, TargetConfigError)):
-            return exc
-        if isinstance(exc, paramiko.BadHostKeyException):
-            known_hosts = _known_hosts_path(settings)
-            return HostKeyMismatchError(
-                f"the host key of {settings.known_hosts_name} CHANGED: {known_hosts} has "
-                f"{exc.expected_key.get_name()} {exc.expected_key.fingerprint}, the target offers "
-                f"{exc.key.get_name()} {exc.key.fingerprint}",
-                f"if the target was reinstalled, remove the old key (ssh-keygen -f {known_hosts} -R "
-                f"'{settings.known_hosts_name}') and connect again; otherwise someone may be intercepting")
-        if isinstance(exc, paramiko.PasswordRequiredException):
-            return AuthenticationFailedError(f"the identity file {settings.identity_file} is encrypted",
-                                             f"load it into ssh-agent (ssh-add {settings.identity_file})")
-        if isinstance(exc, paramiko.AuthenticationException):
-            key = settings.identity_file or "ssh-agent keys"
-            return AuthenticationFailedError(
-                f"{settings.address} refused the login of {settings.user or 'the current user'} with {key}",
-                "add the public key to ~/.ssh/authorized_keys of that user on the target, or fix "
-                "user / identity_file (target profile, ~/.ssh/config or --user / --identity-file)")
-        if isinstance(exc, paramiko.SSHException) and "no authentication methods" in str(exc).lower():
-            return AuthenticationFailedError(f"no key to log in to {settings.address} with",
-                                             "set identity_file in the target profile or load a key into ssh-agent")
-        if isinstance(exc, (socket.timeout, TimeoutError)):
-            return HostUnreachableError(
-                f"{settings.host}:{settings.port} accepted the connection but the SSH handshake timed out",
-                "check that an SSH server (not something else) listens on that port")
-        if isinstance(exc, (paramiko.SSHException, EOFError, OSError)):
-            return HostUnreachableError(f"SSH handshake with {settings.host}:{settings.port} failed: {exc}",
-                                        "check that an SSH server listens on that port and is not overloaded")
-        return exc if isinstance(exc, Exception) else TransportError(str(exc))
 
     def _drop_client(self) -> None:
         client, self._client, self._sftp = self._client, None, None
-        if client is not None:
-            client.close()
+        hops, self._hops = self._hops, []
+        if self._watch is not None:
+            self._watch.stop()
+        for each in [client, *reversed(hops)]:
+            if each is not None:
+                each.close()
 
     def _alive(self) -> bool:
         transport = self._client.get_transport() if self._client is not None else None
         return transport is not None and transport.is_active()
 
-    def _lost(self, exc: BaseException) -> bool:
-        """Did this failure come from the connection going away (rather than from the target)?"""
-        if isinstance(exc, (EOFError, ConnectionError)):
-            return True
+    def _still_connected(self) -> bool:
         # paramiko's reader thread may need a moment to notice a closed socket
         deadline = time.monotonic() + 0.5
         while self._alive() and time.monotonic() < deadline:
             time.sleep(0.05)
-        return not self._alive()
+        return self._alive()
 
-    def _dropped(self, during: str) -> ConnectionDroppedError:
+    def _lost(self, exc: BaseException) -> bool:
+        """Did this failure come from the connection going away (rather than from the target)?"""
+        return isinstance(exc, (EOFError, ConnectionError)) or not self._still_connected()
+
+    def _dropped(self, during: str | None) -> ConnectionDroppedError:
+        watch = self._watch
         self._drop_client()
-        return ConnectionDroppedError(f"the connection to {self.target} dropped during {during}",
+        step = f" during {during}" if during else ""
+        if watch is not None and watch.dead:
+            return ConnectionDroppedError(
+                f"{self.target}{self.settings.route} stopped answering{step}: no reply to keep-alives for "
+                f"{watch.silence_s:g} s, so the connection was closed",
+                "check the network link to the target (and any jump host) and that the target is up, then rerun "
+                "(finished steps are kept)")
+        return ConnectionDroppedError(f"the connection to {self.target} dropped{step}",
                                       "check the network and the target, then rerun (finished steps are kept)")
+
+    def _stalled(self, during: str) -> ConnectionDroppedError:
+        self._drop_client()
+        return ConnectionDroppedError(
+            f"{during} on {self.target} stalled: no progress for {self.settings.stall_timeout:g} s, so the "
+            "connection was closed",
+            "check the network link to the target (and any jump host), then rerun (finished steps are kept)")
 
     def _open_channel(self, line: str, label: str) -> "paramiko.Channel":
         import paramiko
@@ -301,6 +187,7 @@ class SSHTransport(Transport):
         assert transport is not None
         try:
             channel = transport.open_session(timeout=self.settings.connect_timeout)
+            channel.settimeout(self.settings.stall_timeout)
             channel.exec_command(line)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             if self._lost(exc):
@@ -308,6 +195,72 @@ class SSHTransport(Transport):
             raise TransportError(f"cannot start {label} on {self.target}: {exc}",
                                  "check the target's sshd limits (MaxSessions) and rerun") from None
         return channel
+
+    def _collect(self, channel: "paramiko.Channel", out: bytearray, err: bytearray, splitter: LineSplitter,
+                 host_deadline: float | None, label: str) -> int | None:
+        """Read stdout and stderr until the command ends; its exit status (None: the host deadline passed)."""
+        while True:
+            while channel.recv_ready():
+                out += channel.recv(65536)
+            while channel.recv_stderr_ready():
+                chunk = channel.recv_stderr(65536)
+                err += chunk
+                splitter.feed(chunk.decode(errors="replace"))
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready() \
+                    and (channel.eof_received or channel.closed):
+                status = channel.recv_exit_status()
+                if status == -1 and not self._alive():  # closed with the connection, not ended
+                    raise self._dropped(label)
+                return status
+            if not self._alive():
+                raise self._dropped(label)
+            if host_deadline is not None and time.monotonic() > host_deadline:
+                return None
+            select.select([channel], [], [], _POLL_S)
+
+    def _feed(self, channel: "paramiko.Channel", stdin: Iterator[bytes], on_bytes: BytesCallback | None) -> None:
+        sent = 0
+        for chunk in stdin:
+            try:
+                channel.sendall(chunk)
+            except OSError:
+                if channel.exit_status_ready() and self._alive():
+                    return  # the command ended before reading all of it: its status and stderr say why
+                raise
+            sent += len(chunk)
+            if on_bytes is not None:
+                on_bytes(sent)
+        channel.shutdown_write()
+
+    @contextmanager
+    def _guarded(self, label: str, failed: Callable[[BaseException], TransportError]) -> Iterator[None]:
+        """Turn what paramiko raises in the block into a stall, a drop, or `failed(exc)` (the target's refusal)."""
+        try:
+            yield
+        except TimeoutError:  # socket.timeout: a channel read or write made no progress for stall_timeout
+            raise self._stalled(label) from None
+        except TransportError:
+            raise
+        except Exception as exc:  # paramiko raises OSError, EOFError or SSHException
+            if self._lost(exc):
+                raise self._dropped(label) from None
+            raise failed(exc) from None
+
+    def _exchange(self, channel: "paramiko.Channel", label: str, stdin: Iterator[bytes],
+                  host_deadline: float | None = None, on_stderr_line: LineCallback | None = None,
+                  on_bytes: BytesCallback | None = None) -> tuple[int | None, bytes, bytes]:
+        """Send `stdin`, then collect the command's output: (exit status or None, stdout, stderr)."""
+        out, err = bytearray(), bytearray()
+        splitter = LineSplitter(on_stderr_line)
+        try:
+            with self._guarded(label, lambda exc: TransportError(f"{label} on {self.target} failed: {exc}",
+                                                                 "rerun; if it persists, check sshd")):
+                self._feed(channel, stdin, on_bytes)
+                status = self._collect(channel, out, err, splitter, host_deadline, label)
+        finally:
+            channel.close()
+        splitter.flush()
+        return status, bytes(out), bytes(err)
 
     # --- the contract -------------------------------------------------------------------------
 
@@ -318,89 +271,80 @@ class SSHTransport(Transport):
         label = label or describe_argv(args)
         started = time.monotonic()
         channel = self._open_channel(command_line(args, env, timeout), label)
-        out, err = bytearray(), bytearray()
-        splitter = LineSplitter(on_stderr_line)
         host_deadline = None if timeout is None else started + timeout + _HOST_DEADLINE_GRACE_S
-        try:
-            if stdin:
-                channel.sendall(stdin)
-            channel.shutdown_write()
-            while True:
-                while channel.recv_ready():
-                    out += channel.recv(65536)
-                while channel.recv_stderr_ready():
-                    chunk = channel.recv_stderr(65536)
-                    err += chunk
-                    splitter.feed(chunk.decode(errors="replace"))
-                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready() \
-                        and (channel.eof_received or channel.closed):
-                    break
-                if not self._alive():
-                    raise self._dropped(label)
-                if host_deadline is not None and time.monotonic() > host_deadline:
-                    channel.close()
-                    return finish_command(self.target, label, args, 124, out.decode(errors="replace"),
-                                          err.decode(errors="replace"), time.monotonic() - started, timeout, check)
-                select.select([channel], [], [], _POLL_S)
-            status = channel.recv_exit_status()
-        except (OSError, EOFError) as exc:
-            if self._lost(exc):
-                raise self._dropped(label) from None
-            raise TransportError(f"{label} on {self.target} failed: {exc}", "rerun; if it persists, check sshd") \
-                from None
-        finally:
-            channel.close()
-        splitter.flush()
-        return finish_command(self.target, label, args, status, out.decode(errors="replace"),
-                              err.decode(errors="replace"), time.monotonic() - started, timeout, check)
+        status, out, err = self._exchange(channel, label, iter([stdin] if stdin else []), host_deadline,
+                                          on_stderr_line)
+        return finish_command(self.target, label, args, 124 if status is None else status,
+                              out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - started,
+                              timeout, check)
 
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
               label: str | None = None) -> BackgroundCommand:
         args = check_argv(argv)
         return _SSHBackground(self._open_channel(command_line(args, env), label or describe_argv(args)))
 
-    def _sftp_client(self) -> "paramiko.SFTPClient":
+    def _sftp_client(self) -> "paramiko.SFTPClient | None":
+        """The connection's SFTP session, or None where the server has no SFTP (remembered)."""
         import paramiko
 
+        if self.sftp_missing:
+            return None
         if self._sftp is None or not self._alive():
             client = self._connected()
             try:
                 self._sftp = client.open_sftp()
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                if self._lost(exc):
+            except (paramiko.SSHException, OSError, EOFError):
+                # a server without the subsystem refuses it or closes the channel; the connection stays
+                if not self._still_connected():
                     raise self._dropped("SFTP start") from None
-                raise TransportError(f"{self.target} offers no SFTP: {exc}",
-                                     "enable the sftp subsystem in the target's sshd_config") from None
+                self.sftp_missing = True
+                return None
+            self._sftp.get_channel().settimeout(self.settings.stall_timeout)
         return self._sftp
 
+    def _streamed(self, argv: list[str], label: str, stdin: Iterator[bytes], on_bytes: BytesCallback | None,
+                  refused: str, hint: str) -> bytes:
+        """Run a file-copy command over an exec channel; its stdout, or the target's reason as an error."""
+        status, out, err = self._exchange(self._open_channel(command_line(argv), label), label, stdin,
+                                          on_bytes=on_bytes)
+        if status != 0:
+            reason = err.decode(errors="replace").strip()[-300:] or f"exit status {status}"
+            raise TransportError(f"{refused} on {self.target}: {reason}", hint)
+        return out
+
     def put(self, local: Path, remote: str, *, on_bytes: BytesCallback | None = None) -> int:
-        sftp = self._sftp_client()
         size = Path(local).stat().st_size
-        try:
-            sftp.put(str(local), remote, callback=(lambda sent, _total: on_bytes(sent)) if on_bytes else None,
-                     confirm=True)
-        except Exception as exc:  # paramiko raises OSError, EOFError or SSHException here
-            if self._lost(exc):
-                raise self._dropped(f"the upload of {Path(local).name}") from None
+        label, hint = f"the upload of {Path(local).name}", "check free space and permissions of the target folder"
+        sftp = self._sftp_client()
+        if sftp is None:
+            with open(local, "rb") as handle:
+                self._streamed(put_command(remote, sha256_file(local)), label, iter(lambda: handle.read(_CHUNK), b""),
+                               on_bytes, f"cannot write {remote}", hint)
+            return size
+
+        def refused(exc: BaseException) -> TransportError:
             try:
                 sftp.remove(remote)
             except (OSError, EOFError):
                 pass
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise TransportError(f"cannot write {remote} on {self.target}: {reason}",
-                                 "check free space and permissions of the target folder") from None
+            return TransportError(f"cannot write {remote} on {self.target}: {reason}", hint)
+
+        with self._guarded(label, refused):
+            sftp.put(str(local), remote, callback=(lambda sent, _total: on_bytes(sent)) if on_bytes else None,
+                     confirm=True)
         return size
 
     def get(self, remote: str, local: Path) -> int:
+        label, hint = f"the download of {remote}", "check that the file exists on the target"
         sftp = self._sftp_client()
-        try:
-            with sftp.open(remote, "rb") as handle:
-                data = handle.read()
-        except (OSError, EOFError) as exc:
-            if self._lost(exc):
-                raise self._dropped(f"the download of {remote}") from None
-            raise TransportError(f"cannot read {remote} on {self.target}: {getattr(exc, 'strerror', None) or exc}",
-                                 "check that the file exists on the target") from None
+        if sftp is None:
+            data = self._streamed(get_command(remote), label, iter([]), None, f"cannot read {remote}", hint)
+        else:
+            with self._guarded(label, lambda exc: TransportError(
+                    f"cannot read {remote} on {self.target}: {getattr(exc, 'strerror', None) or exc}", hint)):
+                with sftp.open(remote, "rb") as handle:
+                    data = handle.read()
         atomic_write_bytes(local, data)
         return len(data)
 
