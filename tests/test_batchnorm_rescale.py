@@ -169,3 +169,43 @@ def test_dead_channels_are_counted(tmp_path):
     head, head_init = _conv("head", "bn", kernel=3, pads=1)
     model = _model(nodes + [head], init + head_init, ["head"])
     assert rewrite_batchnorm_after_relu(model).dead_channels == 2
+
+
+def drifted_checkpoint(source, destination, orders: float = 7.0):
+    """A trained checkpoint whose conv outputs drifted as a deep HPS net's do in training: each conv -> ReLU -> BN
+    unit's channels 1 to 10**orders times larger in the conv, the BN's statistics with them (running variances
+    spread over 14 orders of magnitude). The float function is the same; per-tensor INT8 ranges are not."""
+    from toolchain.training.checkpoints import read_info, save_checkpoint
+
+    model = load_checkpoint(source).model
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for unit in [m for m in model.modules() if list(getattr(m, "_modules", {})) == ["conv", "act", "bn"]]:
+            channels = unit.bn.num_features
+            factors = torch.logspace(0.0, orders, channels)[torch.randperm(channels, generator=generator)]
+            unit.conv.weight *= factors.reshape(-1, 1, 1, 1)
+            unit.conv.bias *= factors
+            unit.bn.running_mean *= factors
+            unit.bn.running_var *= factors ** 2
+    info = read_info(source)
+    info.sha256, info.created = "", ""
+    save_checkpoint(model, info, destination)
+    return destination
+
+
+def test_a_drifted_checkpoint_exports_within_the_gate_with_default_options(tiny_hps, tmp_path):
+    from toolchain.errors import AccuracyGateError
+    from toolchain.pipeline import EXPORT_PASSES, ExportRequest, run_export
+    from toolchain.pipeline.config import QuantSettings
+
+    checkpoint = drifted_checkpoint(tiny_hps.checkpoint, tmp_path / "drifted.pt")
+    result = run_export(ExportRequest(model="hps-06-0.25x", checkpoint=checkpoint, artifacts=tmp_path / "store",
+                                      eval_count=300))
+    document = result.manifest.to_json()
+    assert document["accuracy"]["drop_pp"] <= 1.0 and document["kept_float"] == []
+    assert document["nodes"]["batchnorm_rescaled"] > 0 and "qat" not in document["inputs"]["checkpoint"]
+    # the control: without the batchnorm pass the same checkpoint cannot ship all-INT8
+    without = tuple(name for name in EXPORT_PASSES if name != "batchnorm")
+    with pytest.raises(AccuracyGateError):
+        run_export(ExportRequest(model="hps-06-0.25x", checkpoint=checkpoint, artifacts=tmp_path / "control",
+                                 eval_count=300, passes=without, quant=QuantSettings(max_kept_float=0), qat="off"))

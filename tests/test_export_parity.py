@@ -151,3 +151,19 @@ def test_top1_agreement_counts_changed_classes():
     candidate = reference.copy()
     candidate[0] = [0, 2, 0, 0]
     assert top1_agreement(reference, candidate) == 75.0
+
+
+def test_the_tolerance_grows_with_the_references_own_float32_rounding():
+    # a deep ill-conditioned net: its float32 logits already err by ~2e4 against float64 at 4e8
+    reference = np.array([np.linspace(-4.3e8, 4.3e8, 10), np.linspace(-10.0, 10.0, 10)], dtype=np.float32)
+    exported = reference.copy()
+    exported[0, 1] += 9.9e4  # 2.3e-4 of the logit scale: above rtol 1e-5 alone
+    with pytest.raises(ParityError):
+        check_parity(reference, exported, 1e-4, 1e-5, "export")
+    rounding = np.array([3e4, 1e-6])
+    assert check_parity(reference, exported, 1e-4, 1e-5, "export", rounding) == pytest.approx(9.9e4, rel=1e-3)
+    defect = exported.copy()
+    defect[1, 0] += 0.01  # the well-conditioned image keeps its tight tolerance
+    with pytest.raises(ParityError) as raised:
+        check_parity(reference, defect, 1e-4, 1e-5, "export", rounding)
+    assert_clear_error(raised.value, "eval image 1 of 2", "float32 rounding")

@@ -14,6 +14,12 @@ import numpy as np
 from toolchain.errors import ParityError
 
 BASIS = "per image: max |d| <= atol + rtol x that image's largest |logit|"
+ROUNDING_BASIS = BASIS + (" + 4 x how far float32 rounding alone moves that image's logits (float64 runs, "
+                          "Monte Carlo rounding)")
+# how many times float32 rounding's own effect on an image's logits (toolchain.evaluators.reference.
+# float32_rounding) an export may err there: the export and the reference each err about that much, in
+# any direction, so up to twice; twice that as margin
+ROUNDING_FACTOR = 4.0
 
 
 def max_abs_diff(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -27,15 +33,18 @@ def _rows(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float64).reshape(len(values), -1) if values.ndim else values.reshape(1, 1)
 
 
-def sample_tolerances(reference: np.ndarray, atol: float, rtol: float) -> np.ndarray:
-    """Per image, the largest |d| parity accepts: atol + rtol x that image's largest |logit|."""
+def sample_tolerances(reference: np.ndarray, atol: float, rtol: float,
+                      rounding: np.ndarray | None = None) -> np.ndarray:
+    """Per image, the largest |d| parity accepts: atol + rtol x that image's largest |logit|, plus
+    ROUNDING_FACTOR x ``rounding`` (the reference's own float32 error on that image) when it is known."""
     rows = _rows(reference)
-    return atol + rtol * (np.abs(rows).max(axis=1) if rows.size else np.zeros(len(rows)))
+    tolerances = atol + rtol * (np.abs(rows).max(axis=1) if rows.size else np.zeros(len(rows)))
+    return tolerances if rounding is None else tolerances + ROUNDING_FACTOR * np.asarray(rounding, dtype=np.float64)
 
 
-def parity_tolerance(reference: np.ndarray, atol: float, rtol: float) -> float:
+def parity_tolerance(reference: np.ndarray, atol: float, rtol: float, rounding: np.ndarray | None = None) -> float:
     """The loosest per-image tolerance (what the manifest records beside the basis)."""
-    tolerances = sample_tolerances(reference, atol, rtol)
+    tolerances = sample_tolerances(reference, atol, rtol, rounding)
     return float(tolerances.max()) if tolerances.size else atol
 
 
@@ -45,13 +54,17 @@ def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float((rows.argmax(axis=1) == other.argmax(axis=1)).mean() * 100.0) if len(rows) else 100.0
 
 
-def check_parity(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float, what: str) -> float:
-    """The measured max |d| between two stages' logits, or a ParityError showing the worst image."""
+def check_parity(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float, what: str,
+                 rounding: np.ndarray | None = None) -> float:
+    """The measured max |d| between two stages' logits, or a ParityError showing the worst image.
+
+    ``rounding``: per image, the reference's own float32 error (see `sample_tolerances`).
+    """
     diff = max_abs_diff(reference, candidate)
     if diff == float("inf"):
         raise ParityError(f"{what}: shapes differ ({reference.shape} vs {candidate.shape})",
                           "check the model's output: the rewritten graph does not produce the same logits")
-    tolerances = sample_tolerances(reference, atol, rtol)
+    tolerances = sample_tolerances(reference, atol, rtol, rounding)
     per_image = np.abs(_rows(reference) - _rows(candidate)).max(axis=1)
     ratio = per_image / np.maximum(tolerances, 1e-300)
     worst = int(np.nanargmax(np.where(np.isnan(ratio), np.inf, ratio))) if ratio.size else 0
@@ -62,7 +75,8 @@ def check_parity(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol
         if largest > 1e4:  # float32 rounding of huge intermediate values, not a wrong op
             hint = (f"logits reach {largest:.3g}: the model is numerically ill-conditioned (e.g. BatchNorm channels "
                     "with near-zero variance after brief training); train longer, or pass --rtol 1e-4")
+        own = "" if rounding is None else f" + {ROUNDING_FACTOR:g} x its float32 rounding {float(rounding[worst]):.3g}"
         raise ParityError(f"{what}: max |d| = {per_image[worst]:.3g} on eval image {worst} of {len(reference)}, above "
                           f"its tolerance {tolerances[worst]:.3g} (--atol {atol:g} + --rtol {rtol:g} x its max |logit| "
-                          f"{largest:.3g})", hint)
+                          f"{largest:.3g}{own})", hint)
     return diff

@@ -32,5 +32,5 @@ class BatchNormPass(Pass):
                                f"their convs: {len(model.graph.node)} nodes")
         if rewrite.dead_channels:
             context.on_message(f"{rewrite.dead_channels} BatchNorm channel(s) with running variance ~0 (never active "
-                               "in training; amplified if they fire): their scale is now in the conv weights")
+                               "in training; amplified ~gamma/sqrt(eps) if they fire): they keep their scale in the BN")
         return replace(record, fp32=path).with_notes(nodes={"simplified": len(model.graph.node), **rewrite.to_dict()})

@@ -50,7 +50,8 @@ class PassContext:
     def __init__(self, *, model: str, artifact_id: str, calibration: ImageSetSpec, evaluation: ImageSetSpec,
                  reference: Callable[["PassContext"], "np.ndarray"], check_data: Callable[["PassContext"], None],
                  atol: float, rtol: float, scratch: Path, source: Any = None, facts: dict[str, Any] | None = None,
-                 on_message: Messages = silent) -> None:
+                 on_message: Messages = silent,
+                 rounding: Callable[["PassContext"], "np.ndarray"] | None = None) -> None:
         self.model = model
         self.artifact_id = artifact_id
         self.atol, self.rtol = atol, rtol
@@ -64,7 +65,7 @@ class PassContext:
         self.manifest: Any = None  # the package pass's Manifest
         self._started = time.perf_counter()
         self._calibration, self._evaluation = calibration, evaluation
-        self._reference, self._check_data = reference, check_data
+        self._reference, self._check_data, self._rounding = reference, check_data, rounding
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._started
@@ -96,20 +97,29 @@ class PassContext:
         """The reference logits on the eval images (torch for an export, the source ONNX for a quantize)."""
         return self._reference(self)
 
+    @cached_property
+    def rounding(self) -> "np.ndarray | None":
+        """Per eval image, the reference's own float32 error vs float64 (None where no float64 run exists)."""
+        return self._rounding(self) if self._rounding is not None else None
+
     def check_parity(self, model: Path, what: str) -> tuple[float, float]:
         """(max |d|, top-1 agreement %) of ``model``'s logits vs the reference on the eval images, or a ParityError."""
         from toolchain.evaluators.accuracy import onnx_logits
         from toolchain.evaluators.parity import check_parity, top1_agreement
 
         logits = onnx_logits(model, self.evaluation.images)
-        return check_parity(self.reference, logits, self.atol, self.rtol, what), top1_agreement(self.reference, logits)
+        return (check_parity(self.reference, logits, self.atol, self.rtol, what, self.rounding),
+                top1_agreement(self.reference, logits))
 
     def parity_basis(self) -> dict[str, Any]:
         """How parity was judged: the rule, the tolerance's parts and the images it was measured on."""
-        from toolchain.evaluators.parity import BASIS, parity_tolerance
+        from toolchain.evaluators.parity import BASIS, ROUNDING_BASIS, parity_tolerance
 
-        return {"basis": BASIS, "atol": self.atol, "rtol": self.rtol, "images": len(self.evaluation),
-                "tolerance": parity_tolerance(self.reference, self.atol, self.rtol)}
+        rounding = self.rounding
+        basis = {"basis": BASIS if rounding is None else ROUNDING_BASIS, "atol": self.atol, "rtol": self.rtol,
+                 "images": len(self.evaluation), "tolerance": parity_tolerance(self.reference, self.atol, self.rtol,
+                                                                              rounding)}
+        return basis if rounding is None else {**basis, "float32_rounding_max": float(rounding.max())}
 
 
 @dataclass

@@ -312,6 +312,12 @@ def _torch_reference(context: PassContext) -> "np.ndarray":
     return torch_array_logits(context.source.network, context.evaluation.images)
 
 
+def _torch_rounding(context: PassContext) -> "np.ndarray":
+    from toolchain.evaluators.reference import float32_rounding
+
+    return float32_rounding(context.source.network, context.evaluation.images)
+
+
 def _execute(plan: Plan, store: ArtifactStore, context_arguments: dict[str, Any], started: float) -> PipelineResult:
     """Run a plan's passes into a staging folder of the store and publish it as the artifact."""
     with tempfile.TemporaryDirectory(prefix="toolchain-run-") as scratch, store.staging() as stage:
@@ -419,7 +425,7 @@ def _export_once(request: ExportRequest, on_message: Messages,
     return _execute(plan, store, dict(
         calibration=ImageSetSpec(plan.calibration, "calibration set", mean, std, data_dir),
         evaluation=ImageSetSpec(plan.evaluation, "eval set", mean, std, data_dir),
-        reference=_torch_reference, check_data=_check_export_data, atol=request.export.atol,
+        reference=_torch_reference, rounding=_torch_rounding, check_data=_check_export_data, atol=request.export.atol,
         rtol=request.export.rtol, source=source, on_message=on_message), started)
 
 
