@@ -1,0 +1,63 @@
+"""Quantization-aware fine-tuning (torch.ao FX fake quantization): lineage, reuse, bounds, and what it refuses.
+
+Whether QAT beats post-training INT8 on a case built to fail it is not shown here yet (see docs/quantization.md);
+these tests hold the mechanics: the fine-tuned checkpoint is an artifact of its own with its parent named,
+the export runs on it and says so, a second run reuses it, and the torch-side BN rescale is exact.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from toolchain.errors import UsageError
+from toolchain.models import create_model
+from toolchain.pipeline import ExportRequest, run_export
+from toolchain.pipeline.config import QatSettings
+from toolchain.training.checkpoints import load_checkpoint
+from toolchain.training.qat import rescale_batchnorm_after_relu
+
+QUICK = QatSettings(epochs=1, images=1500)
+
+
+def test_qat_on_gives_an_artifact_whose_checkpoint_names_its_parent(tiny_hps, tmp_path):
+    request = ExportRequest(model="hps-06-0.25x", checkpoint=tiny_hps.checkpoint, artifacts=tmp_path, eval_count=200,
+                            qat="on", qat_settings=QUICK)
+    messages: list[str] = []
+    result = run_export(request, on_message=messages.append)
+    qat = result.manifest.to_json()["inputs"]["checkpoint"]["qat"]
+    assert qat["parent"]["sha256"] == load_checkpoint(tiny_hps.checkpoint).sha256
+    assert qat["epochs_run"] == 1 and qat["settings"]["images"] == 1500 and qat["library"].startswith("torch.ao")
+    tuned = result.manifest.to_json()["inputs"]["checkpoint"]["file"]
+    assert "/qat/hps-06-0.25x/" in tuned and (tmp_path / "qat").is_dir()
+    assert result.manifest.to_json()["accuracy"]["drop_pp"] <= 1.0
+    again: list[str] = []
+    second = run_export(request, on_message=again.append)
+    assert second.folder == result.folder and any("reusing the fine-tuned checkpoint" in line for line in again)
+
+
+def test_qat_settings_are_checked():
+    with pytest.raises(UsageError):
+        QatSettings(epochs=0).validate()
+    with pytest.raises(UsageError):
+        run_export(ExportRequest(model="hps-06-0.25x", qat="sometimes"))
+
+
+@pytest.mark.parametrize("name", ["hps-06-0.25x", "hps-21-0.25x-v3", "hps-09-0.5x-bnfirst"])
+def test_the_torch_side_rescale_is_exact(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=1).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.uniform_(0.01, 4.0)
+            module.running_mean.uniform_(-1.0, 1.0)
+            module.weight.data.uniform_(-2.0, 2.0)
+    images = torch.randn(16, 1, 32, 32)
+    rescaled = copy.deepcopy(model)
+    changed = rescale_batchnorm_after_relu(rescaled)
+    assert changed == (0 if name.endswith("bnfirst") else sum(
+        1 for m in model.modules() if list(getattr(m, "_modules", {})) == ["conv", "act", "bn"]))
+    with torch.no_grad():
+        torch.testing.assert_close(rescaled(images), model(images), rtol=1e-4, atol=1e-4)
