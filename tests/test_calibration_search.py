@@ -51,7 +51,7 @@ def test_auto_tries_every_calibration_in_order_then_keeps_nodes_in_float(broken_
 
 def test_a_pinned_method_is_not_searched(broken_int8_checkpoint, tmp_path):
     request = ExportRequest(model="hps-06-0.25x", checkpoint=broken_int8_checkpoint, artifacts=tmp_path,
-                            eval_count=SMALL_EVAL, quant=QuantSettings(method="percentile", max_kept_float=0))
+                            eval_count=SMALL_EVAL, quant=QuantSettings(method="percentile", max_kept_float=0), qat="off")
     with pytest.raises(AccuracyGateError) as raised:
         run_export(request)
     assert "--method auto" in raised.value.hint

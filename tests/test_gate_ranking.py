@@ -29,3 +29,32 @@ def test_the_scorer_never_ranks_a_node_the_format_leaves_in_float(broken_int8_ch
     assert sum(node.op_type == "BatchNormalization" for node in shipped.graph.node) >= 1  # BNs stay float there
     for step in document["quantization"]["steps"]:
         assert not any("BatchNormalization" in name for name in step["kept_float"])
+
+
+class _TableSearch:
+    """GateSearch's pruning over a table of drops (a unit test of the logic; the real path is the export above)."""
+
+    def __init__(self, drops: dict[frozenset, float], max_drop: float = 1.0) -> None:
+        from toolchain.pipeline.config import QuantSettings
+        from toolchain.quantization.gate import GateSearch, GateStep
+
+        self.search = GateSearch.__new__(GateSearch)
+        self.search.settings, self.search.attempts = QuantSettings(max_drop=max_drop), {}
+        self.measured: list[tuple[str, ...]] = []
+
+        def attempt(kept: tuple[str, ...]) -> GateStep:
+            self.measured.append(kept)
+            step = GateStep(kept, 0.0, drops.get(frozenset(kept), 9.0), 0.0)
+            self.search.attempts[kept] = (step, None)
+            return step
+
+        self.search.attempt = attempt
+
+
+def test_pruning_returns_nodes_to_int8_only_where_the_remeasured_drop_still_passes():
+    drops = {frozenset("abcd"): 0.5, frozenset("abc"): 0.8, frozenset("ab"): 1.5, frozenset("ac"): 0.9,
+             frozenset("a"): 3.0}
+    table = _TableSearch(drops)
+    assert table.search.pruned(("a", "b", "c", "d")) == ("a", "c")
+    assert table.measured == [("a", "b", "c"), ("a", "b"), ("a", "c")]  # d, then c (stepped back), then b
+    assert _TableSearch(drops).search.pruned(("a",)) == ("a",)  # the top node is never re-measured alone

@@ -50,9 +50,9 @@ class GatePass(Pass):
         first = settings.with_method()
         search = GateSearch(record.files["prepared"], record.files["calibration_cache"], first, evaluation.images,
                             evaluation.labels, fp32.top1, scratch, context.on_message)
-        search.attempts[0] = (search.measure((), record.int8), record.int8)
+        search.attempts[()] = (search.measure((), record.int8), record.int8)
         calibrations = [search.calibration_record(seconds=record.note("quantization").get("calibration_seconds", 0.0))]
-        if search.attempts[0][0].drop_pp > settings.max_drop and len(settings.calibration_methods) > 1:
+        if search.first.drop_pp > settings.max_drop and len(settings.calibration_methods) > 1:
             search = self._calibration_search(search, record, context, calibrations)
         chosen, ranking, candidates = self._search(search, record, context)
         step, path = search.attempts[chosen]
@@ -85,7 +85,7 @@ class GatePass(Pass):
         settings: QuantSettings = self.config
         searches = [search]
         for method in settings.calibration_methods[1:]:
-            context.on_message(f"drop {searches[-1].attempts[0][0].drop_pp:.2f} pp exceeds --max-drop "
+            context.on_message(f"drop {searches[-1].first.drop_pp:.2f} pp exceeds --max-drop "
                                f"{settings.max_drop:g}: trying {method} calibration")
             started = time.perf_counter()
             cache = search.scratch / f"calibration-{method}.json"
@@ -97,15 +97,16 @@ class GatePass(Pass):
             attempt.attempt(())
             calibrations.append(attempt.calibration_record(seconds))
             searches.append(attempt)
-            if attempt.attempts[0][0].drop_pp <= settings.max_drop:
+            if attempt.first.drop_pp <= settings.max_drop:
                 return attempt
-        best = min(searches, key=lambda item: item.attempts[0][0].drop_pp)
+        best = min(searches, key=lambda item: item.first.drop_pp)
         context.on_message(f"no calibration meets the gate with every node INT8; the best is {best.settings.method} "
-                           f"({best.attempts[0][0].drop_pp:.2f} pp)")
+                           f"({best.first.drop_pp:.2f} pp)")
         return best
 
-    def _search(self, search: "GateSearch", record: ModelRecord, context: "PassContext") -> tuple[int, list, int]:
-        """(how many ranked nodes to keep in float, the ranking, how many nodes INT8 quantizes)."""
+    def _search(self, search: "GateSearch", record: ModelRecord, context: "PassContext"
+                ) -> tuple[tuple[str, ...], list, int]:
+        """(the nodes to keep in float, the ranking, how many nodes INT8 quantizes), on the search's calibration."""
         import onnx
 
         from toolchain.graph.qdq import quantizable_nodes
@@ -113,23 +114,24 @@ class GatePass(Pass):
         from toolchain.quantization.ort import quantize_static_int8, quantized_op_types
         from toolchain.quantization.sensitivity import score_nodes
 
-        settings: QuantSettings = self.config
-        prepared, cache = record.files["prepared"], record.files["calibration_cache"]
+        settings: QuantSettings = search.settings
+        prepared, cache = search.prepared, search.cache
         # the scores come from a QDQ twin that quantizes exactly the op types the shipped format does
         op_types = quantized_op_types(settings.format)
         twin = quantize_static_int8(prepared, search.scratch / "twin.qdq.onnx", settings, cache, quant_format="qdq",
                                     op_types=op_types)
         candidates = len(quantizable_nodes(onnx.load(str(twin)), op_types))
-        first = search.attempts[0][0]
+        first = search.first
         if first.drop_pp <= settings.max_drop:
-            return 0, [], candidates
+            return (), [], candidates
         limit = kept_float_limit(settings, candidates)
         context.on_message(f"drop {first.drop_pp:.2f} pp exceeds --max-drop {settings.max_drop:g}: scoring "
                            f"{candidates} quantized nodes, keeping at most {limit} in float")
         ranking = score_nodes(prepared, twin, context.calibration.images[:SENSITIVITY_IMAGES], record.input_name,
                               op_types)
         names = tuple(score.node for score in ranking)
-        return search.smallest_passing(names, min(limit, len(names)), candidates), ranking, candidates
+        count = search.smallest_passing(names, min(limit, len(names)), candidates)
+        return search.pruned(names[:count]), ranking, candidates
 
 
 def _ties(fp32_logits: "np.ndarray", int8_logits: "np.ndarray") -> dict:

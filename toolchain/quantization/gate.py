@@ -73,16 +73,21 @@ class GateSearch:
         self.prepared, self.cache, self.settings = prepared, cache, settings
         self.images, self.labels, self.fp32_top1 = images, labels, fp32_top1
         self.scratch, self.on_message = scratch, on_message
-        self.attempts: dict[int, tuple[GateStep, Path]] = {}
+        self.attempts: dict[tuple[str, ...], tuple[GateStep, Path]] = {}
+
+    @property
+    def first(self) -> GateStep:
+        """The attempt with every node INT8."""
+        return self.attempts[()][0]
 
     def attempt(self, kept: tuple[str, ...]) -> GateStep:
-        """Quantize keeping ``kept`` in float and measure the drop (each count is measured once)."""
-        if len(kept) not in self.attempts:
+        """Quantize keeping ``kept`` in float and measure the drop (each set is measured once)."""
+        if kept not in self.attempts:
             path = self.scratch / f"int8-{len(self.attempts)}.onnx"
             started = time.perf_counter()
             quantize_static_int8(self.prepared, path, self.settings, self.cache, kept)
-            self.attempts[len(kept)] = (self.measure(kept, path, started), path)
-        return self.attempts[len(kept)][0]
+            self.attempts[kept] = (self.measure(kept, path, started), path)
+        return self.attempts[kept][0]
 
     def measure(self, kept: tuple[str, ...], path: Path, started: float | None = None) -> GateStep:
         """Top-1 of the INT8 model at ``path`` (quantized keeping ``kept`` in float) on the eval set."""
@@ -110,8 +115,24 @@ class GateSearch:
             low, high = (low, middle) if self.passes(ranking, middle) else (middle, high)
         return high
 
+    def pruned(self, kept: tuple[str, ...], budget: int = 8) -> tuple[str, ...]:
+        """``kept`` (a passing set) less each node whose return to INT8 still passes, tried lowest-ranked first.
+
+        The ranking is an estimate and the drop is not monotonic in it (a node can pass with its neighbour
+        in float and not alone): every removal is re-measured, and one that fails is stepped back from.
+        At most ``budget`` re-measurements.
+        """
+        for node in reversed(kept[1:]):
+            if budget <= 0:
+                break
+            trial = tuple(name for name in kept if name != node)
+            budget -= trial not in self.attempts
+            if self.attempt(trial).drop_pp <= self.settings.max_drop:
+                kept = trial
+        return kept
+
     def failure(self, limit: int, candidates: int) -> AccuracyGateError:
-        first = self.attempts[0][0]
+        first = self.first
         best = min(step.drop_pp for step, _ in self.attempts.values())
         return AccuracyGateError(
             f"INT8 top-1 drop stays above --max-drop {self.settings.max_drop:g} pp: {first.drop_pp:.2f} pp "
@@ -122,7 +143,7 @@ class GateSearch:
 
     def calibration_record(self, seconds: float) -> dict:
         """This search's calibration as the manifest's decision log has it: method, all-INT8 result, seconds."""
-        first = self.attempts[0][0]
+        first = self.first
         return {"method": self.settings.method, "int8_top1": first.int8_top1, "drop_pp": first.drop_pp,
                 "passed": first.drop_pp <= self.settings.max_drop, "calibration_seconds": round(seconds, 3),
                 "quantize_and_eval_seconds": round(first.seconds, 3)}
