@@ -133,3 +133,37 @@ def test_export_into_a_read_only_store_is_refused_before_any_work(tmp_path: Path
         result = run_cli("export", "--model", MODEL, "--checkpoint", str(random_checkpoint), "--artifacts",
                          str(mountpoint / "store"))
     assert_one_error(result, str(mountpoint), "not writable")
+
+
+def _custom_op_classifier(path: Path) -> Path:
+    """A valid ONNX classifier (1 x 32 x 32 in, 10 logits out) with one op from a domain onnxruntime lacks."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.full((1024, 10), 0.01, dtype=np.float32), "w")
+    nodes = [helper.make_node("Swish", ["input"], ["act"], domain="com.example.accelerator"),
+             helper.make_node("Flatten", ["act"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, "custom", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                              ["N", 1, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.example.accelerator", 1)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_model_with_an_op_onnxruntime_lacks_is_one_error_naming_it(tmp_path: Path) -> None:
+    path = _custom_op_classifier(tmp_path / "accelerator.onnx")
+    result = run_cli("quantize", "--onnx", str(path), "--no-simplify", "--calibration", "fashion-mnist",
+                     "--artifacts", str(tmp_path / "store"))
+    assert_one_error(result, "accelerator.onnx")  # the first library to meet it (ORT's shape inference) names it
+    assert "custom or contrib ops" in result.stderr.strip().splitlines()[-1]
+    assert not list((tmp_path / "store").glob("*/*/manifest.json"))
+    from toolchain.errors import OnnxModelError
+    from toolchain.evaluators.accuracy import onnx_logits
+
+    with pytest.raises(OnnxModelError) as raised:  # every evaluator opens models through the same door
+        onnx_logits(path, __import__("numpy").zeros((2, 1, 32, 32), dtype="float32"))
+    assert "cannot load" in raised.value.message and "accelerator.onnx" in raised.value.message

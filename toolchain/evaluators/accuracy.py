@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from toolchain.errors import OnnxModelError
+
 
 @dataclass(frozen=True)
 class Accuracy:
@@ -46,7 +48,17 @@ def open_session(path: str | Path, threads: int | None = None) -> "object":
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented (and RuntimeError)
+        raise OnnxModelError(f"onnxruntime {ort.__version__} cannot load {path}: {_first_line(exc)}",
+                             "use ops of the default ONNX domain at an opset this onnxruntime supports "
+                             "(custom or contrib ops are not run here)") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[-1] if text else type(exc).__name__)[:200]
 
 
 def onnx_logits(model: str | Path | "object", images: np.ndarray, batch_size: int = 256,
@@ -54,7 +66,13 @@ def onnx_logits(model: str | Path | "object", images: np.ndarray, batch_size: in
     """Logits of an ONNX model (path or an onnxruntime.InferenceSession) over float32 NCHW images."""
     session = model if hasattr(model, "run") else open_session(model, threads)
     input_name = session.get_inputs()[0].name
-    outputs = [session.run(None, {input_name: images[i:i + batch_size]})[0]
-               for i in range(0, len(images), batch_size)]
+    try:
+        outputs = [session.run(None, {input_name: images[i:i + batch_size]})[0]
+                   for i in range(0, len(images), batch_size)]
+    except Exception as exc:  # shape/type mismatches and kernel failures surface as onnxruntime exceptions
+        where = model if not hasattr(model, "run") else "the model"
+        raise OnnxModelError(f"onnxruntime failed running {where} on {len(images)} images of shape "
+                             f"{tuple(images.shape[1:])}: {_first_line(exc)}",
+                             "the model must take float32 N x C x H x W images of the eval set's shape") from None
     return np.concatenate(outputs)
 

@@ -37,7 +37,8 @@ class QuantizePass(Pass):
 
         settings: QuantSettings = self.config
         prepared, cache = folder / "prepared.onnx", folder / "calibration.json"
-        prepare_for_quantization(record.fp32, prepared)
+        source = getattr(context.source, "path", None)
+        prepare_for_quantization(record.fp32, prepared, f"the model from {source}" if source else None)
         check_node_names(prepared, settings.exclude_nodes)
         calibration = context.calibration
         method = settings.calibration_methods[0]
