@@ -45,9 +45,10 @@ MaxKeptFloatOption = Annotated[Optional[int], typer.Option(
 EvalCountOption = Annotated[int, typer.Option("--eval-count", help="Eval images (shipped in evalset.npz).", min=1)]
 AtolOption = Annotated[float, typer.Option("--atol", help="Parity tolerance: max |d| of logits vs the reference.")]
 RtolOption = Annotated[float, typer.Option(
-    "--rtol", help="Relative part of the parity tolerance, times the largest |logit| (0: absolute only).")]
+    "--rtol", help="Relative part of the parity tolerance, times each eval image's largest |logit|, plus 8x the "
+    "network's own float32 rounding (0: absolute only, no rounding allowance).")]
 SimplifyOption = Annotated[bool, typer.Option(
-    "--simplify/--no-simplify", help="Run onnxsim, then fold the BatchNorms after ReLUs where exact (default on).")]
+    "--simplify/--no-simplify", help="Run onnxsim, then fold or rescale the BatchNorms after ReLUs (default on).")]
 
 
 def _quant_options(

@@ -99,8 +99,11 @@ class PassContext:
 
     @cached_property
     def rounding(self) -> "np.ndarray | None":
-        """Per eval image, the reference's own float32 error vs float64 (None where no float64 run exists)."""
-        return self._rounding(self) if self._rounding is not None else None
+        """Per eval image, how far float32 rounding alone moves the reference's logits (None: not allowed for).
+
+        None where no float64 run exists (a foreign ONNX reference) and with --rtol 0 ("absolute only").
+        """
+        return self._rounding(self) if self._rounding is not None and self.rtol > 0 else None
 
     def check_parity(self, model: Path, what: str) -> tuple[float, float]:
         """(max |d|, top-1 agreement %) of ``model``'s logits vs the reference on the eval images, or a ParityError."""
