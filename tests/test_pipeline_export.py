@@ -241,3 +241,12 @@ def test_without_a_checkpoint_it_trains_one_then_reuses_it(monkeypatch, tmp_path
     assert again.cached and again.folder == made.folder
     assert any("newest trained" in message for message in messages)
     assert os.listdir(tmp_path / "train" / "hps-06-0.25x" / "fashion-mnist") == [trained[0].parent.name]
+
+
+def test_a_briefly_trained_checkpoint_near_chance_is_named_as_such():
+    from toolchain.pipeline.workflows import near_chance_warning
+
+    warning = near_chance_warning(10.8, 10, "hps-21-1x-v3")  # measured: the quick training of the deep HPS net
+    assert warning and "near chance (10%)" in warning and "toolchain train --model hps-21-1x-v3" in warning
+    assert near_chance_warning(float("nan"), 10, "m") is None  # unknown is not claimed to be poor
+    assert near_chance_warning(55.0, 10, "hps-06-0.25x") is None and near_chance_warning(8.0, 100, "m") is None

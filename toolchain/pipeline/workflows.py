@@ -290,8 +290,21 @@ def _find_or_train_checkpoint(request: ExportRequest, on_message: Messages,
     config = TrainConfig(model=name, dataset=dataset, data_dir=request.data_dir, artifacts=request.artifacts,
                          **QUICK_TRAIN)
     result = train_model(config, on_progress=on_train_progress)
-    on_message(f"trained: test top-1 {result.info.metrics.get('test_top1', float('nan')):.2f}% -> {result.checkpoint}")
+    top1 = result.info.metrics.get('test_top1', float('nan'))
+    on_message(f"trained: test top-1 {top1:.2f}% -> {result.checkpoint}")
+    warning = near_chance_warning(top1, result.info.num_classes, name)
+    if warning:
+        on_message(warning)
     return result.checkpoint
+
+
+def near_chance_warning(top1: float, classes: int, model: str) -> str | None:
+    """What to say when a briefly trained checkpoint is barely better than guessing (None when it is not)."""
+    chance = 100.0 / max(classes, 1)
+    if not top1 < chance + 10.0:
+        return None
+    return (f"warning: the brief training left {model} at {top1:.1f}% top-1, near chance ({chance:.0f}%): its INT8 "
+            f"gate compares two poor models; train it properly first (toolchain train --model {model})")
 
 
 def _check_export_data(context: PassContext) -> None:
