@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import machine_summary  # noqa: E402
+from benchmarks.machine_info import machine_summary  # noqa: E402
 from toolchain.fsutil import atomic_write_json  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "fastpath.json"

@@ -27,7 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import machine_summary  # noqa: E402
+from benchmarks.machine_info import machine_summary  # noqa: E402
 from toolchain.fsutil import atomic_write_json, cache_root  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "fidelity.json"

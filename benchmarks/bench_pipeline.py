@@ -47,6 +47,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from machine_info import INT8_CPU_FLAGS, cpu_flags  # benchmarks/machine_info.py (the script's folder)
 from toolchain import __version__
 from toolchain.artifacts import EVALSET_NAME, FP32_NAME, INT8_NAME, read_evalset, read_manifest
 from toolchain.data.imagesets import (ImageSet, ImageSetDefinition, load_definition, load_image_set,
@@ -87,7 +88,6 @@ FLAVOURS = (("qoperator", "uint8"), ("qoperator", "int8"), ("qdq", "uint8"), ("q
 GATE_OFF = 100.0
 TEST_SPLIT_IMAGES = 10_000  # all of Fashion-MNIST's test split (sample() returns every image)
 HEAVY_MODULES = ("torch", "onnx", "onnxruntime", "onnxsim")
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 GOALS: dict[str, tuple[str, Any]] = {
     "export_cold_s": ("<=", 10.0), "export_cached_s": ("<=", 1.0), "cached_no_work": ("==", True),
     "cached_imports_torch": ("==", False), "harness_overhead_fp32_pct": ("<=", 2.0),
@@ -124,11 +124,8 @@ def load_average() -> list[float]:
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on (the agent's own target facts, the stack, the CPU's int8 features)."""
-    flags: set[str] = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.lower().startswith(("flags", "features")):
-            flags.update(line.split(":", 1)[1].split())
-    return {**target_facts(emulated=False), "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags],
+    flags = cpu_flags()
+    return {**target_facts(emulated=False), "cpu_flags": [flag for flag in INT8_CPU_FLAGS if flag in flags],
             "versions": {"toolchain": __version__, **stack_versions()}, "load_average": load_average()}
 
 

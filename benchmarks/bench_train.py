@@ -31,6 +31,7 @@ from typing import Iterable
 import torch
 from torch.nn import functional as F
 
+from machine_info import cpu_model  # benchmarks/machine_info.py (the script's folder)
 from toolchain.data import ImageDataset, iterate_batches, load_dataset
 from toolchain.fsutil import atomic_write_json
 from toolchain.models import create_model
@@ -49,9 +50,7 @@ GOALS = {"loop_throughput_ratio": (">=", 0.9), "pipeline_throughput_ratio": (">=
 
 def machine() -> dict:
     """What the figures were measured on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(),
             "platform": platform.platform()}
 
