@@ -36,7 +36,8 @@ _FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24
 
 
 @torch.no_grad()
-def float32_rounding(model: nn.Module, images: np.ndarray, batch_size: int = 256, seed: int = 0) -> np.ndarray:
+def float32_rounding(model: nn.Module, images: np.ndarray, single: np.ndarray | None = None, batch_size: int = 256,
+                     seed: int = 0) -> np.ndarray:
     """Per image, how far float32 rounding alone can move the model's logits (max |d|, an estimate).
 
     The largest of: the model's float32 logits against its float64 logits, and ROUNDING_SAMPLES float64
@@ -44,6 +45,7 @@ def float32_rounding(model: nn.Module, images: np.ndarray, batch_size: int = 256
     The second matters where values cancel: a deep, ill-conditioned net (activations of 1e9 inside,
     logits of 1e8) moves by ~1e-4 of its logits under rounding that two float32 implementations (torch's,
     onnxruntime's) make in different places, while one float32 run can happen to sit close to float64.
+    ``single``: the model's float32 logits on ``images`` when the caller has them (not computed again).
     """
     import copy
 
@@ -59,7 +61,7 @@ def float32_rounding(model: nn.Module, images: np.ndarray, batch_size: int = 256
 
     handles = [module.register_forward_hook(perturb) for module in exact.modules() if not list(module.children())]
     try:
-        single = torch_array_logits(model, images, batch_size).astype(np.float64)
+        single = (torch_array_logits(model, images, batch_size) if single is None else single).astype(np.float64)
         runs = []
         for noisy["on"] in [False] + [True] * ROUNDING_SAMPLES:
             runs.append(np.concatenate([exact(torch.from_numpy(images[i:i + batch_size]).double()).numpy()

@@ -328,7 +328,7 @@ def _torch_reference(context: PassContext) -> "np.ndarray":
 def _torch_rounding(context: PassContext) -> "np.ndarray":
     from toolchain.evaluators.reference import float32_rounding
 
-    return float32_rounding(context.source.network, context.evaluation.images)
+    return float32_rounding(context.source.network, context.evaluation.images, context.reference)
 
 
 def _execute(plan: Plan, store: ArtifactStore, context_arguments: dict[str, Any], started: float) -> PipelineResult:

@@ -67,8 +67,7 @@ def _ort_enums(settings: QuantSettings) -> tuple:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[settings.with_method().method if settings.method == "auto"
-                                                          else settings.method]
+              "percentile": CalibrationMethod.Percentile}[settings.with_method().method]
     quant_format = QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator
     activation = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
     return method, quant_format, activation, QuantType.QInt8
@@ -104,7 +103,7 @@ def calibrate(model: Path, images: np.ndarray, input_name: str, settings: QuantS
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     started = time.perf_counter()
-    settings = settings.with_method() if settings.method == "auto" else settings
+    settings = settings.with_method()
     method = _ort_enums(settings)[0]
     options: dict = {}
     if settings.method == "entropy":
