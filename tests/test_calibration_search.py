@@ -60,3 +60,32 @@ def test_a_pinned_method_is_not_searched(broken_int8_checkpoint, tmp_path):
     quantization = result.manifest.to_json()["quantization"]
     assert [attempt["method"] for attempt in quantization["calibration_search"]] == ["percentile"]
     assert quantization["method"] == "percentile"
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(trained_hps, tmp_path, method):
+    """ORT's histogram calibrators stack equal batches: 100 images in batches of 32 (last one 4) failed."""
+    import numpy as np
+
+    from toolchain.quantization.ort import calibrate, even_batch
+
+    assert [even_batch(n) for n in (100, 256, 97, 1, 31)] == [25, 32, 1, 1, 31]
+    loaded = load_checkpoint(trained_hps.checkpoint)
+    definition = load_definition("fashion-mnist")
+    images = load_image_set(definition.eval_counterpart(100), loaded.info.mean, loaded.info.std).images
+    path = tmp_path / "model.fp32.onnx"
+    export_onnx(loaded.model, torch.from_numpy(images[:1]), path)
+    cache = tmp_path / "ranges.json"
+    calibrate(path, images, "input", QuantSettings(method=method), cache)
+    assert cache.stat().st_size > 0 and np.isfinite(len(cache.read_text()))
+
+
+def test_the_failure_hint_offers_auto_only_when_the_method_was_pinned(broken_int8_checkpoint, tmp_path):
+    hints = {}
+    for method in ("auto", "minmax"):
+        with pytest.raises(AccuracyGateError) as failed:
+            run_export(ExportRequest(model="hps-06-0.25x", checkpoint=broken_int8_checkpoint, artifacts=tmp_path,
+                                     eval_count=SMALL_EVAL, qat="off",
+                                     quant=QuantSettings(method=method, max_kept_float=0)))
+        hints[method] = failed.value.hint
+    assert "--method auto" not in hints["auto"] and "--method auto" in hints["minmax"]

@@ -61,3 +61,63 @@ def test_the_torch_side_rescale_is_exact(name):
         1 for m in model.modules() if list(getattr(m, "_modules", {})) == ["conv", "act", "bn"]))
     with torch.no_grad():
         torch.testing.assert_close(rescaled(images), model(images), rtol=1e-4, atol=1e-4)
+
+
+def _damaged_fine_tune(parent, folder):
+    """A checkpoint that claims to be a QAT fine-tune of ``parent`` and whose FP32 is ruined (what a collapsed QAT
+    leaves: measured on hps-21-1x-v3, 76.6 % -> 10 %)."""
+    from toolchain.hashing import sha256_file
+    from toolchain.training.checkpoints import CheckpointInfo, save_checkpoint
+
+    loaded = load_checkpoint(parent)
+    with torch.no_grad():
+        for module in loaded.model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.zero_()
+                module.bias.copy_(torch.arange(float(module.bias.numel())))  # always the last class
+    info = loaded.info.to_dict()
+    info.update(sha256="", created="")
+    info["training"] = {**info["training"], "qat": {"parent": {"file": str(parent), "sha256": sha256_file(parent)},
+                                                    "epochs_run": 1}}
+    target = folder / "qat" / "checkpoint.pt"
+    target.parent.mkdir(parents=True)
+    save_checkpoint(loaded.model, CheckpointInfo.from_dict(info), target)
+    return target
+
+
+def test_a_fine_tune_is_gated_against_the_checkpoint_it_started_from(tiny_hps_checkpoint, tmp_path):
+    """FP32 and INT8 of a collapsed fine-tune agree with each other; the gate must compare INT8 with the parent."""
+    from toolchain.errors import AccuracyGateError
+
+    tuned = _damaged_fine_tune(tiny_hps_checkpoint, tmp_path)
+    messages: list[str] = []
+    with pytest.raises(AccuracyGateError) as failed:
+        run_export(ExportRequest(model="hps-06-0.25x", checkpoint=tuned, artifacts=tmp_path / "store", eval_count=200,
+                                 qat="off"), on_message=messages.append)
+    parent_top1 = float(failed.value.message.split("(FP32 ")[1].split("%")[0])
+    assert parent_top1 > 50.0, failed.value.message  # the parent's accuracy, not the ruined 10 %
+    assert any("the checkpoint the fine-tune started from" in line for line in messages)
+    assert not (tmp_path / "store" / "hps-06-0.25x").exists()
+
+
+def test_a_fine_tune_whose_parent_is_gone_is_named(tiny_hps_checkpoint, tmp_path):
+    from toolchain.errors import CheckpointError
+
+    tuned = _damaged_fine_tune(tiny_hps_checkpoint, tmp_path)
+    tiny_hps_checkpoint.unlink()
+    with pytest.raises(CheckpointError) as failed:
+        run_export(ExportRequest(model="hps-06-0.25x", checkpoint=tuned, artifacts=tmp_path / "store", eval_count=200,
+                                 qat="off"))
+    assert "fine-tune of" in failed.value.message and "missing" in failed.value.message
+    assert str(tiny_hps_checkpoint) in failed.value.message
+
+
+def test_a_passing_fine_tune_records_its_baseline(tiny_hps, tmp_path):
+    result = run_export(ExportRequest(model="hps-06-0.25x", checkpoint=tiny_hps.checkpoint, artifacts=tmp_path,
+                                      eval_count=200, qat="on", qat_settings=QUICK))
+    manifest = result.manifest.to_json()
+    baseline = manifest["quantization"]["baseline"]
+    assert baseline["checkpoint"] == str(tiny_hps.checkpoint)
+    assert manifest["accuracy"]["baseline_top1"] == baseline["fp32_top1"]
+    assert manifest["accuracy"]["drop_pp"] == pytest.approx(baseline["fp32_top1"] - manifest["accuracy"]["int8"]["top1"],
+                                                            abs=1e-3)

@@ -73,10 +73,14 @@ class AccuracyRecord:
     # per variant: eval images (index as text) whose top logits tie exactly on the host -> the tied classes;
     # INT8 logits are quantized, so ties happen, and a target may break one the other way
     ties: Mapping[str, Mapping[str, list[int]]] = field(default_factory=dict)
+    # a QAT fine-tune's drop is measured from the FP32 top-1 of the checkpoint it started from (not its own)
+    baseline_top1: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         document = {"fp32": self.fp32.to_json(), "int8": self.int8.to_json(), "drop_pp": self.drop_pp,
                     "max_drop_pp": self.max_drop_pp, "evalset": self.evalset}
+        if self.baseline_top1 is not None:
+            document["baseline_top1"] = self.baseline_top1
         return {**document, "ties": dict(self.ties)} if self.ties else document
 
     def variant(self, name: str) -> VariantAccuracy | None:
@@ -159,7 +163,9 @@ class Manifest:
             accuracy=AccuracyRecord(fp32=check.accuracy(accuracy, "fp32"), int8=check.accuracy(accuracy, "int8"),
                                     drop_pp=check.number(accuracy, "drop_pp", "accuracy.drop_pp"),
                                     max_drop_pp=check.number(accuracy, "max_drop_pp", "accuracy.max_drop_pp"),
-                                    evalset=str(accuracy.get("evalset", "")), ties=check.ties(accuracy)),
+                                    evalset=str(accuracy.get("evalset", "")), ties=check.ties(accuracy),
+                                    baseline_top1=(check.number(accuracy, "baseline_top1", "accuracy.baseline_top1")
+                                                   if "baseline_top1" in accuracy else None)),
             kept_float=[str(name) for name in data.get("kept_float") or []],
             inputs=check.mapping(data, "inputs"), settings=check.mapping(data, "settings"),
             hash_inputs=check.mapping(data, "hash_inputs"), parity=data.get("parity") or {},

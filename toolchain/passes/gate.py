@@ -24,7 +24,9 @@ class GatePass(Pass):
     """``config`` is the run's resolved `QuantSettings` (the same the quantize pass had); hashed: the gate fields."""
 
     name = "gate"
-    version = 3  # 2: exact ties of the top logits recorded; 3: --method auto tries more calibrations
+    # 2: exact ties of the top logits recorded; 3: --method auto tries more calibrations; 4: a fine-tune's drop is
+    # measured from the checkpoint it started from
+    version = 4
 
     def config_record(self) -> dict[str, Any]:
         return {key: value for key, value in self.config.to_dict().items() if key in GATE_FIELDS}
@@ -45,11 +47,17 @@ class GatePass(Pass):
             raise QuantizationError("the eval set has no labels", "pass an eval set with labels (.npz with 'labels')")
         fp32_logits = onnx_logits(record.fp32, evaluation.images)
         fp32 = accuracy_from_logits(fp32_logits, evaluation.labels)
+        baseline = fine_tune_baseline(context)
+        reference = fp32.top1 if baseline is None else baseline["fp32_top1"]
+        if baseline is not None:
+            context.on_message(f"the drop is measured from the checkpoint the fine-tune started from: FP32 "
+                               f"{reference:.2f}% there, {fp32.top1:.2f}% after fine-tuning")
         scratch = context.scratch / "gate"
         scratch.mkdir(exist_ok=True)
         first = settings.with_method()
         search = GateSearch(record.files["prepared"], record.files["calibration_cache"], first, evaluation.images,
-                            evaluation.labels, fp32.top1, scratch, context.on_message)
+                            evaluation.labels, reference, scratch, context.on_message,
+                            method_pinned=settings.method != "auto")
         search.attempts[()] = (search.measure((), record.int8), record.int8)
         calibrations = [search.calibration_record(seconds=record.note("quantization").get("calibration_seconds", 0.0))]
         if search.first.drop_pp > settings.max_drop and len(settings.calibration_methods) > 1:
@@ -63,8 +71,8 @@ class GatePass(Pass):
         int8 = accuracy_from_logits(int8_logits, evaluation.labels)
         predictions = folder / PREDICTIONS_NAME
         np.savez(predictions, fp32=fp32_logits.argmax(axis=1), int8=int8_logits.argmax(axis=1))
-        drop = round(fp32.top1 - int8.top1, 4)
-        gate = {"fp32_top1": fp32.top1, "int8_top1": int8.top1, "drop_pp": drop, "max_drop_pp": settings.max_drop,
+        drop = round(reference - int8.top1, 4)
+        gate = {"fp32_top1": fp32.top1, "int8_top1": int8.top1, **({"baseline": baseline} if baseline else {}), "drop_pp": drop, "max_drop_pp": settings.max_drop,
                 "eval_count": int(len(evaluation.labels)),
                 "gate_engaged": len(search.attempts) > 1 or len(calibrations) > 1,
                 "method": search.settings.method, "calibration_search": calibrations,
@@ -74,6 +82,7 @@ class GatePass(Pass):
                 "seconds": time.perf_counter() - started}
         return replace(record, int8=shipped).with_files(predictions=predictions).with_notes(
             quantization=gate, accuracy={"fp32": fp32.to_dict(), "int8": int8.to_dict(), "drop_pp": drop,
+                                         **({"baseline_top1": reference} if baseline else {}),
                                          "max_drop_pp": settings.max_drop, **_ties(fp32_logits, int8_logits)})
 
     def _calibration_search(self, search: "GateSearch", record: ModelRecord, context: "PassContext",
@@ -92,7 +101,7 @@ class GatePass(Pass):
             calibrate(search.prepared, context.calibration.images, record.input_name, settings.with_method(method), cache)
             seconds = time.perf_counter() - started
             attempt = GateSearch(search.prepared, cache, settings.with_method(method), search.images, search.labels,
-                                 search.fp32_top1, search.scratch / method, context.on_message)
+                                 search.fp32_top1, search.scratch / method, context.on_message, method_pinned=False)
             attempt.scratch.mkdir(exist_ok=True)
             attempt.attempt(())
             calibrations.append(attempt.calibration_record(seconds))
@@ -132,6 +141,36 @@ class GatePass(Pass):
         names = tuple(score.node for score in ranking)
         count = search.smallest_passing(names, min(limit, len(names)), candidates)
         return search.pruned(names[:count]), ranking, candidates
+
+
+def fine_tune_baseline(context: "PassContext") -> dict | None:
+    """For a checkpoint made by quantization-aware fine-tuning: its parent's FP32 top-1 on the eval set, else None.
+
+    The gate bounds what quantization costs the user's model. Measured from the fine-tuned checkpoint's
+    own FP32, a fine-tune that damaged the network (measured: one that left hps-21-1x-v3 at chance) would
+    pass beside an equally damaged INT8; measured from the parent, it fails as it should.
+    """
+    from toolchain.errors import CheckpointError
+    from toolchain.evaluators.accuracy import accuracy_from_logits
+    from toolchain.evaluators.reference import torch_array_logits
+    from toolchain.hashing import sha256_file
+    from toolchain.training.checkpoints import load_checkpoint
+
+    source = context.source
+    qat = (((getattr(source, "sidecar", None) or {}).get("training") or {}).get("qat"))
+    if not isinstance(qat, dict):
+        return None
+    parent = qat.get("parent") or {}
+    path = Path(str(parent.get("file", "")))
+    if not path.is_file() or sha256_file(path) != parent.get("sha256"):
+        raise CheckpointError(f"checkpoint {source.path} is a fine-tune of {path}, which is "
+                              f"{'no longer the same file' if path.is_file() else 'missing'}",
+                              "the gate measures the drop from that checkpoint: put it back, or export it again "
+                              "(QAT reruns from it)")
+    evaluation = context.evaluation
+    logits = torch_array_logits(load_checkpoint(path, source.model).model, evaluation.images)
+    return {"checkpoint": str(path), "sha256": parent["sha256"],
+            "fp32_top1": accuracy_from_logits(logits, evaluation.labels).top1}
 
 
 def _ties(fp32_logits: "np.ndarray", int8_logits: "np.ndarray") -> dict:

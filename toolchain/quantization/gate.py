@@ -69,8 +69,9 @@ class GateSearch:
     """Attempts at one model with one set of calibration ranges, each measured on the eval set."""
 
     def __init__(self, prepared: Path, cache: Path, settings: QuantSettings, images: np.ndarray, labels: np.ndarray,
-                 fp32_top1: float, scratch: Path, on_message: Messages) -> None:
+                 fp32_top1: float, scratch: Path, on_message: Messages, method_pinned: bool = True) -> None:
         self.prepared, self.cache, self.settings = prepared, cache, settings
+        self.method_pinned = method_pinned  # False: --method auto chose this calibration among others
         self.images, self.labels, self.fp32_top1 = images, labels, fp32_top1
         self.scratch, self.on_message = scratch, on_message
         self.attempts: dict[tuple[str, ...], tuple[GateStep, Path]] = {}
@@ -139,7 +140,7 @@ class GateSearch:
             f"as quantized, best {best:.2f} pp with up to {limit} of {candidates} nodes kept in float "
             f"(FP32 {self.fp32_top1:.2f}%, {len(self.labels)} eval images)",
             "raise --max-drop or --max-kept-float, or use more calibration images"
-            + (", or --method auto (it tries minmax, percentile and entropy)" if self.settings.method != "auto" else ""))
+            + (", or --method auto (it tries minmax, percentile and entropy)" if self.method_pinned else ""))
 
     def calibration_record(self, seconds: float) -> dict:
         """This search's calibration as the manifest's decision log has it: method, all-INT8 result, seconds."""

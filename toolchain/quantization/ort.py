@@ -28,13 +28,22 @@ from toolchain.pipeline.config import QuantSettings
 
 CALIBRATION_BATCH = 32
 
+def even_batch(count: int, largest: int = CALIBRATION_BATCH) -> int:
+    """The largest batch size up to ``largest`` that divides ``count`` images into equal batches.
+
+    ORT's histogram calibrators (percentile, entropy) stack the batches' outputs into one array and fail
+    ("inhomogeneous shape") when the last batch is shorter: 100 calibration images in batches of 32 did.
+    """
+    return next(size for size in range(min(largest, max(count, 1)), 0, -1) if count % size == 0)
+
+
 class ImageCalibrationReader(CalibrationDataReader):
-    """ORT's calibration contract over preprocessed images, in fixed-size batches."""
+    """ORT's calibration contract over preprocessed images, in batches of one size (see `even_batch`)."""
 
     def __init__(self, images: np.ndarray, input_name: str, batch_size: int = CALIBRATION_BATCH) -> None:
         self.images = images
         self.input_name = input_name
-        self.batch_size = batch_size
+        self.batch_size = even_batch(len(images), batch_size)
         self._batches: Iterator[dict[str, np.ndarray]] = iter(())
         self.rewind()
 
@@ -91,8 +100,10 @@ def prepare_for_quantization(source: Path, destination: Path, name: str | None =
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        with quiet_ort():
-            quant_pre_process(str(source), str(destination), skip_symbolic_shape=False)
+        # in a scratch cwd: ORT's symbolic shape inference, when incomplete, saves sym_shape_infer_temp.onnx and
+        # its external .data files into the current folder (it left them in users' folders and this repo)
+        with tempfile.TemporaryDirectory(prefix="toolchain-shapes-") as scratch, contextlib.chdir(scratch), quiet_ort():
+            quant_pre_process(str(Path(source).resolve()), str(Path(destination).resolve()), skip_symbolic_shape=False)
     except Exception as exc:  # shape inference raises assorted errors on unusual graphs
         raise _failure("quantization pre-processing (shape inference)", exc, name or source) from None
 
