@@ -14,7 +14,8 @@ The model, per layer (docs/simulate.md derives each term):
 * DMA: the layer is tiled over output channels, input channels and output rows so that one tile fits
   half the global buffer; the order and sizes are chosen for the fewest cycles, then the fewest DRAM
   bytes. Every transfer pays the DRAM latency; bytes move at the DRAM bandwidth; DMA overlaps compute
-  except for the first tile's load and the last tile's store.
+  except for the first tile's load and the last tile's store:
+  ``cycles = exposed + max(compute, dma - exposed)``.
 * the per-layer dataflow is the faster one ("best", as the paper's accelerator), or the one asked for.
 """
 
@@ -63,7 +64,7 @@ class Tiling:
     dram_bytes: int
     transfers: int
     dma_cycles: int
-    exposed_cycles: int  # first load and last store, which no computation hides
+    exposed_cycles: int  # the first tile's load and the last one's store, part of dma_cycles that no work hides
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,8 @@ def _tilings(layer: ConvLayer, acc: Accelerator, rows_choices: list[int]):  # ty
                     ("rows-outer", 1 if (k_tiles == 1 and c_tiles == 1) else row_tiles,
                      1 if c_tiles == 1 else inputs_again))
                 transfers = k_tiles * row_tiles * (2 * c_tiles + 1)
-                exposed = 2 * latency + _ceil(in_tile + w_tile + out_tile, bandwidth)
+                # the first tile's input and weights arrive before any work, the last output leaves after it
+                exposed = 3 * latency + _ceil(in_tile + w_tile, bandwidth) + _ceil(out_tile, bandwidth)
                 for order, weight_times, input_times in orders:
                     traffic = weight_bytes * weight_times + input_sweep * input_times + output_bytes
                     yield Tiling(out_channels=k_tile, in_channels=c_tile, rows=rows, order=order,
@@ -244,7 +246,7 @@ def _cost(layer: ConvLayer, acc: Accelerator, dataflow: str) -> LayerCost | None
     fixed = os_compute_cycles(layer, acc) if dataflow == OS else None
     for tiling, row_tiles in _tilings(layer, acc, _row_candidates(layer, acc, dataflow)):
         compute = fixed if fixed is not None else ws_compute_cycles(layer, acc, row_tiles)
-        cycles = max(compute, tiling.dma_cycles) + tiling.exposed_cycles
+        cycles = tiling.exposed_cycles + max(compute, tiling.dma_cycles - tiling.exposed_cycles)
         key = (cycles, tiling.dram_bytes)
         if best is None or key < best[:2]:
             best = (cycles, tiling.dram_bytes, tiling, compute, row_tiles)
