@@ -140,9 +140,10 @@ def zoo_network(name: str, configuration: str | None = None) -> Network:
         try:
             spec = resolve(key, configuration)
         except UnknownModelError as error:
-            if key in REFERENCE_NETWORKS or resolve_reference_hint(key) is None:
+            hint = resolve_reference_hint(key)
+            if hint is None:
                 raise
-            raise UnknownModelError(error.message, resolve_reference_hint(key)) from None
+            raise UnknownModelError(error.message, hint) from None
         size, note = spec.input_size, spec.description.split(".")[0]
     classes = IMAGENET_CLASSES if (configuration or spec.configuration) == IMAGENET else 10
     model = spec.build(num_classes=classes)
