@@ -162,7 +162,8 @@ def _overview(document: dict[str, Any]) -> TableBlock:
         paper, accuracy, sizes = _paper_first(entry), entry["accuracy"], entry["sizes"]
         targets = sorted({row["target"] + (" (emulated)" if row["emulated"] else "") for row in entry["measurements"]
                           if row["source"] == "bench"})
-        int8 = [row for row in entry["measurements"] if row["variant"] == "int8"]
+        int8 = [row for row in entry["measurements"] if row["variant"] == "int8" and row["source"] == "bench"] or \
+            [row for row in entry["measurements"] if row["variant"] == "int8"]
         fastest = min(int8, key=lambda row: row["p50_ms"]) if int8 else None
         rows.append([entry["model"], entry["artifact_id"], entry["dataset"], fmt(accuracy["fp32_top1"]),
                      fmt(accuracy["int8_top1"]), fmt(accuracy["drop_pp"]),
@@ -180,23 +181,26 @@ def _overview(document: dict[str, Any]) -> TableBlock:
 def _pareto_plots(document: dict[str, Any]) -> list[Plot]:
     by_target: dict[str, dict[str, Series]] = {}
     emulated: set[str] = set()
+    benched = any(row["source"] == "bench" for entry in document["models"] for row in entry["measurements"])
     for entry in document["models"]:
         for row in entry["measurements"]:
-            if row["top1"] is None or row["p50_ms"] is None:
+            # the export's quick check only where nothing was benchmarked: one plot per place a person chose
+            if row["top1"] is None or row["p50_ms"] is None or (benched and row["source"] != "bench"):
                 continue
             where = _where(row)
             emulated |= {where} if row["emulated"] else set()
             series = by_target.setdefault(where, {}).setdefault(row["variant"], Series(row["variant"].upper(), []))
             series.points.append(Point(row["p50_ms"], row["top1"],
                                        f"{entry['model']} {row['variant']} {row['threads']} thread(s): "
-                                       f"{row['p50_ms']:.3f} ms, {row['top1']:.2f} %"))
+                                       f"{row['p50_ms']:.3f} ms, {row['top1']:.2f} %",
+                                       f"{entry['model']} {row['threads']}t"))
     plots = []
     for where, series in sorted(by_target.items()):
         mark = " (emulated)" if where in emulated else ""
         plots.append(Plot(scatter(f"top-1 vs p50 latency: {where}{mark}", f"p50 ms{mark}", "top-1 %",
                                   list(series.values()), role="pareto"),
-                          f"each point a model, variant and thread count measured on {where}{mark}; dashed: the "
-                          "Pareto front (nothing is both faster and more accurate)"))
+                          f"each point a model, variant and thread count (t) measured on {where}{mark}; ringed and "
+                          "dashed: the Pareto front (no other point is both faster and more accurate)"))
     return plots
 
 

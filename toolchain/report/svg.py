@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Sequence
 
-WIDTH, HEIGHT = 640, 340
+WIDTH, HEIGHT = 620, 340
 LEFT, RIGHT, TOP, BOTTOM = 64, 170, 34, 52
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -20,7 +20,8 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 class Point:
     x: float
     y: float
-    label: str = ""
+    label: str = ""  # the tooltip
+    tag: str = ""  # a short text written beside the point
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,15 @@ class _Canvas:
         self.parts.append(f'<line x1="{LEFT}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="#333"/>')
         self.parts.append(f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{bottom}" stroke="#333"/>')
 
-    def legend(self, names: Sequence[str], marker: str = "rect") -> None:
-        for index, name in enumerate(names):
+    def legend(self, names: Sequence[str], marker: str = "rect", dashed: str | None = None) -> None:
+        for index, name in enumerate([*names, *([dashed] if dashed else [])]):
             y = TOP + 8 + index * 18
             colour = COLOURS[index % len(COLOURS)]
             x = WIDTH - RIGHT + 14
-            if marker == "rect":
+            if index == len(names):
+                self.parts.append(f'<line x1="{x - 2}" x2="{x + 12}" y1="{y - 4}" y2="{y - 4}" stroke="#555" '
+                                  'stroke-width="2" stroke-dasharray="4 3"/>')
+            elif marker == "rect":
                 self.parts.append(f'<rect x="{x}" y="{y - 9}" width="10" height="10" fill="{colour}"/>')
             else:
                 self.parts.append(f'<circle cx="{x + 5}" cy="{y - 4}" r="4" fill="{colour}"/>')
@@ -122,14 +126,20 @@ def scatter(title: str, x_label: str, y_label: str, series: Sequence[Series], fr
     if front and len(every) > 1:
         line = " ".join(f"{x_of(p.x):.1f},{y_of(p.y):.1f}" for p in pareto_front(every))
         canvas.parts.append(f'<polyline class="pareto" points="{line}" fill="none" stroke="#555" '
-                            'stroke-dasharray="5 4"/>')
+                            'stroke-width="1.5" stroke-dasharray="5 4"/>')
+        for point in pareto_front(every):
+            canvas.parts.append(f'<circle cx="{x_of(point.x):.1f}" cy="{y_of(point.y):.1f}" r="8" fill="none" '
+                                'stroke="#555" stroke-width="1.5"/>')
     for index, item in enumerate(series):
         colour = COLOURS[index % len(COLOURS)]
-        for point in item.points:
+        for number, point in enumerate(item.points):
             canvas.parts.append(f'<circle cx="{x_of(point.x):.1f}" cy="{y_of(point.y):.1f}" r="5" fill="{colour}" '
                                 f'fill-opacity="0.8"><title>{escape(point.label)}</title></circle>')
-    canvas.legend([item.name for item in series] + (["Pareto front (dashed)"] if front and len(every) > 1 else []),
-                  marker="circle")
+            if point.tag and len(every) <= 24:
+                canvas.parts.append(f'<text x="{x_of(point.x) + 7:.1f}" y="{y_of(point.y) + (-8 if number % 2 == 0 else 16):.1f}" font-size="10" '
+                                    f'fill="#333">{escape(point.tag[:28])}</text>')
+    canvas.legend([item.name for item in series], marker="circle",
+                  dashed="Pareto front" if front and len(every) > 1 else None)
     return canvas.done()
 
 
