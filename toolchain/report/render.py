@@ -157,7 +157,7 @@ h1{font-size:26px;margin-bottom:4px}h2{font-size:20px;border-bottom:2px solid #d
 h3{font-size:16px;margin-top:22px}.meta{color:#555;font-size:13px}
 table{border-collapse:collapse;margin:6px 0 14px;font-size:13px}caption{text-align:left;font-weight:600;padding:4px 0}
 th,td{border:1px solid #d0d0d0;padding:3px 7px;vertical-align:top}th{background:#f2f4f7;text-align:left}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td:first-child{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr:nth-child(even) td{background:#fafafa}.emu{color:#a05a00;font-style:italic;font-size:11px}
 td.regression{background:#fde2e1!important;font-weight:700;color:#a00}td.improvement{background:#e3f5e1!important}
 .plots{display:flex;flex-wrap:wrap;gap:14px}figure{margin:0;border:1px solid #e2e2e2;padding:6px;background:#fff}
