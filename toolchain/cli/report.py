@@ -68,7 +68,7 @@ def report(
     if json_output:
         emit_json({"written": [str(path) for path in written], "report": document})
         return
-    lines(str(path) for path in written)
+    lines(str(path.resolve()) for path in written)
     info(f"open {written[0]} in a browser (self-contained: no network)")
 
 

@@ -136,8 +136,12 @@ def scatter(title: str, x_label: str, y_label: str, series: Sequence[Series], fr
             canvas.parts.append(f'<circle cx="{x_of(point.x):.1f}" cy="{y_of(point.y):.1f}" r="5" fill="{colour}" '
                                 f'fill-opacity="0.8"><title>{escape(point.label)}</title></circle>')
             if point.tag and len(every) <= 24:
-                canvas.parts.append(f'<text x="{x_of(point.x) + 7:.1f}" y="{y_of(point.y) + (-8 if number % 2 == 0 else 16):.1f}" font-size="10" '
-                                    f'fill="#333">{escape(point.tag[:28])}</text>')
+                # beside the point, on its left near the right edge (the legend is there)
+                left = x_of(point.x) > WIDTH - RIGHT - 90
+                canvas.parts.append(f'<text x="{x_of(point.x) + (-7 if left else 7):.1f}" '
+                                    f'y="{y_of(point.y) + (-8 if number % 2 == 0 else 16):.1f}" font-size="10" '
+                                    f'text-anchor="{"end" if left else "start"}" fill="#333">'
+                                    f'{escape(point.tag[:28])}</text>')
     canvas.legend([item.name for item in series], marker="circle",
                   dashed="Pareto front" if front and len(every) > 1 else None)
     return canvas.done()
