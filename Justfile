@@ -29,6 +29,8 @@ demo MODEL="hps-06-0.5x":
     @echo "== bench on the local target: the same agent and JSON schema the Bluebox runs" >&2
     {{bin}}/toolchain bench --model '{{MODEL}}' --threads 1,2
     @echo "== done: artifacts/{{MODEL}}/ holds the models, manifest.json and bench/*.json; on a Bluebox: toolchain deploy --model {{MODEL}} --target bluebox2 --host 10.234.224.16" >&2
+    @echo "== report: the papers' figures beside ours, latency, GFLOP/s, plots (open the .html first)" >&2
+    {{bin}}/toolchain report --model '{{MODEL}}'
 
 # benchmarks; results in benchmarks/results/*.json
 bench:

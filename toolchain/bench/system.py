@@ -17,12 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
-from toolchain.artifacts import EVALSET_NAME
+from toolchain.artifacts import EVALSET_NAME, FP32_NAME
 from toolchain.bench.results import (AGREEMENT_THRESHOLD_PCT, VARIANT_FILES, AgentStderr, BenchRun,
                                      ProgressCallback, agreement, check_measured, host_predictions, result_path,
                                      validate_result)
+from toolchain.bench.peak import Peak, annotate, compute_section, measured_peak, spec_peak
 from toolchain.bench.settings import QUICK_LATENCY, BenchSettings
 from toolchain.errors import BenchmarkError, CommandFailedError, DeployError, UsageError
 from toolchain.fsutil import atomic_write_json
@@ -115,6 +116,10 @@ class BenchSystem(ABC):
     def place(self, artifact: Artifact, started: datetime) -> ContextManager[AgentRun]:
         """A context in which the agent can run against the artifact (a target holds its lock meanwhile)."""
 
+    def spec_peak(self, threads: Sequence[int]) -> Peak | None:
+        """The peak GFLOP/s per thread count from the CPU's spec, where no GEMM can be measured (None: no spec)."""
+        return None
+
 
 class LocalSystem(BenchSystem):
     """This machine: the agent runs from the package folder with this Python, on the artifact folder itself."""
@@ -145,6 +150,10 @@ class TargetSystem(BenchSystem):
 
     def artifact(self, source: Path | Artifact) -> Artifact:
         return source if isinstance(source, Artifact) else load_artifact(source)
+
+    def spec_peak(self, threads: Sequence[int]) -> Peak | None:
+        profile = self.profile
+        return spec_peak(profile.cpu, profile.clock_ghz, profile.fp32_flops_per_cycle, profile.name, threads)
 
     @contextmanager
     def place(self, artifact: Artifact, started: datetime) -> Iterator[AgentRun]:
@@ -191,15 +200,37 @@ def bench(system: BenchSystem, source: Path | Artifact, settings: BenchSettings,
                    f"warmup {settings.warmup}, runs {settings.runs}"
                    + (" (EMULATED: latency is qemu's, not the Bluebox's)" if system.emulated else ""))
         document = run_agent(run, settings, on_progress)
-    check_measured(document, {item.name: item.sha256 for item in artifact.files}, system.emulated)
+        check_measured(document, {item.name: item.sha256 for item in artifact.files}, system.emulated)
+        compute = compute_record(system, run, document, artifact, settings.threads, on_message)
     found = agreement(document, host_predictions(artifact.directory), artifact.manifest.accuracy.ties)
     document["artifact"] = {"artifact_id": artifact.artifact_id, "model": artifact.model,
                             "folder": str(artifact.directory), "target": system.name}
     document["agreement"] = [item.to_dict() for item in found]
+    document["compute"] = compute
+    annotate(document, compute)
     document.update(run.extra)
     path = result_path(artifact.directory, system.name, started)
     atomic_write_json(path, document)
     return BenchRun(path, document, found)
+
+
+def compute_record(system: BenchSystem, run: AgentRun, document: dict[str, Any], artifact: Artifact,
+                   threads: Sequence[int], on_message: Messages) -> dict[str, Any]:
+    """MACs of the artifact and the peak its GFLOP/s are compared with: measured where the agent ran, else
+    the profile's spec; none on an emulated target (qemu's speed is not the core's)."""
+    from toolchain.graph.macs import MACS_SOURCE, graph_macs
+
+    macs = graph_macs(artifact.directory / FP32_NAME)
+    if system.emulated:
+        return compute_section(macs, MACS_SOURCE, None, "emulated target: no peak (qemu's speed is not the core's)")
+    try:
+        peak = measured_peak(run.transport, run.python, document["target"], threads, env=run.env,
+                             timeout=run.timeout or 300.0)
+    except BenchmarkError as error:
+        on_message(f"{error.message}; using the profile's CPU spec where it has one")
+        spec = system.spec_peak(threads)
+        return compute_section(macs, MACS_SOURCE, spec, None if spec else f"no peak: {error.message}")
+    return compute_section(macs, MACS_SOURCE, peak)
 
 
 def bench_local(artifact_dir: Path | Artifact, settings: BenchSettings,

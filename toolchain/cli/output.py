@@ -41,6 +41,13 @@ def emit_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def lines(values: Iterable[str]) -> None:
+    """Plain lines of data on stdout (file paths): one per value, control characters escaped."""
+    for value in values:
+        sys.stdout.write(plain(value) + "\n")
+    sys.stdout.flush()
+
+
 _last_message: list[str] = []
 
 

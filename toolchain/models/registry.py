@@ -286,6 +286,11 @@ def _paper_rows() -> list[str]:
     return list(_paper_table())
 
 
+def reported_results() -> dict[str, tuple[PaperResult, ...]]:
+    """Every row of the papers' result tables (Tables 2-5 and 7), by canonical model name, in table order."""
+    return dict(_paper_table())
+
+
 def paper_results(name: str) -> tuple[PaperResult, ...]:
     """The papers' figures for a canonical model name (empty if the papers do not report it)."""
     return _paper_table().get(name, ())

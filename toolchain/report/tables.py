@@ -88,13 +88,31 @@ def bench_table(document: dict[str, Any], agreements: Sequence[Any] = ()) -> Tab
         rows.append([entry["variant"], entry["threads"], entry["batch"], f"{latency['p50']:.3f}",
                      f"{latency['p90']:.3f}", f"{latency['p99']:.3f}", f"{latency['mean']:.3f}", f"{latency['std']:.3f}",
                      f"{entry['throughput_ips']:.0f}", f"{entry['peak_rss_mb']:.0f}", f"{entry['accuracy']['top1']:.2f}",
-                     f"{agreement:.2f}" if agreement is not None else "-", _kib(entry["model_bytes"])])
+                     f"{agreement:.2f}" if agreement is not None else "-", _kib(entry["model_bytes"]),
+                     *achieved_cells(entry)])
     timed = [f"{name}{emulated}" for name in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "img/s")]
-    columns = ["variant", "threads", "batch", *timed, "peak RSS MB", "top-1 %", "agree %", "KiB"]
+    rates = [f"{name}{emulated}" for name in ("GFLOP/s p50", "% peak p50")]
+    columns = ["variant", "threads", "batch", *timed, "peak RSS MB", "top-1 %", "agree %", "KiB", *rates]
     title = (f"measured on {target['hostname']}: {target['arch']} {target['cpu_model']}, {target['cores']} cores, "
              f"onnxruntime {target['onnxruntime']}, {target['os']}"
              + (" -- EMULATED (qemu): latency is not the target's" if emulated else ""))
     return Table(title, columns, rows, columns[1:])
+
+
+def achieved_cells(entry: dict[str, Any], key: str = "p50") -> list[str]:
+    """Achieved GFLOP/s and % of the peak at one latency percentile ("-" where the result has none)."""
+    gflops = (entry.get("gflops") or {}).get(key)
+    percent = (entry.get("pct_of_peak") or {}).get(key)
+    return [f"{gflops:.2f}" if gflops is not None else "-", f"{percent:.1f}" if percent is not None else "-"]
+
+
+def peak_note(compute: dict[str, Any] | None) -> str:
+    """Where the GFLOP/s and the peak they are compared with come from."""
+    if not compute:
+        return "GFLOP/s: this result has no compute section (measured before toolchain recorded MACs)"
+    peak = compute.get("peak")
+    where = (f"peak {peak['source']}: {peak['method']}" if peak else compute.get("peak_note", "no peak"))
+    return f"GFLOP/s = 2 x {compute['macs']:,} MACs x batch / latency ({compute['macs_source']}); {where}"
 
 
 def bench_notes(document: dict[str, Any]) -> list[str]:
@@ -110,6 +128,7 @@ def bench_notes(document: dict[str, Any]) -> list[str]:
         notes.append(f"{variant} is {_speed_words(ratio)} than fp32 at {threads} thread(s), batch {batch} "
                      f"(p50){emulated}")
     settings = document["settings"]
+    notes.append(peak_note(document.get("compute")))
     notes.append(f"protocol: {settings['warmup']} warm-up + >= {settings['runs']} timed runs"
                  + (f" and >= {settings['min_time_s']:g} s" if settings["min_time_s"] else "")
                  + f"; peak RSS per measurement (fresh process); accuracy on {settings['evalset']['count']} eval images")
