@@ -6,10 +6,10 @@ last one. Death runs whenever Birth ran, also after a failing Core (RTMaps shuts
 
 Also a command line, so that a target runs it with its own Python (Python 3.5+ syntax, numpy only):
 
-    python3 diagram.py COMPONENT.py GOLDEN.npz --output RESULT.json [--property NAME=VALUE ...]
+    python3 diagram.py COMPONENT.py GOLDEN.npz --output RESULT.json|- [--property NAME=VALUE ...]
                        [--as ipl|array] [--ticks N,N,...]
 
-RESULT.json: {"outputs": {name: [[ts, data], ...]}, "reports": [[level, text], ...], "reading_policy": ...},
+RESULT.json (or stdout): {"outputs": {name: [[ts, data], ...]}, "reports": [[level, text], ...], "reading_policy": ...},
 or {"error": "..."} with exit status 1 when the component failed.
 """
 
@@ -110,8 +110,11 @@ def main(argv):
     except Exception as exc:  # the component's own failure is the result to report
         document, status = {"error": "{}: {}".format(type(exc).__name__, exc)}, 1
     document["reports"] = [list(item) for item in rtmaps.core.REPORTS]
-    with open(args.output, "w") as handle:
-        json.dump(document, handle)
+    if args.output == "-":
+        json.dump(document, sys.stdout)
+    else:
+        with open(args.output, "w") as handle:
+            json.dump(document, handle)
     return status
 
 
