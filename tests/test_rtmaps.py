@@ -207,3 +207,18 @@ def test_an_eval_set_resized_by_pillow_is_refused_by_name(artifact: Path) -> Non
     (artifact / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="resized by Pillow"):
         write_component(artifact)
+
+
+def test_the_component_template_and_the_standin_are_python_3_5_and_target_side_only() -> None:
+    vermin = Path(sys.executable).with_name("vermin")
+    files = [TEMPLATE, DIAGRAM, *sorted(DIAGRAM.parent.joinpath("rtmaps").glob("*.py"))]
+    checked = subprocess.run([str(vermin), "-t=3.5-", "--no-tips", "--violations", *map(str, files)],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(TEMPLATE.read_text()))
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(ast.parse(TEMPLATE.read_text()))
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    # stdlib, numpy, onnxruntime and RTMaps only: nothing of toolchain, no Pillow or OpenCV
+    assert imported == {"hashlib", "json", "os", "time", "numpy", "onnxruntime", "rtmaps"}
+    assert not (TEMPLATE.parent / "__init__.py").exists()  # read as text by the host, never imported
