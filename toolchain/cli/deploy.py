@@ -41,6 +41,12 @@ def _show_report(report: "DeployReport") -> None:
     info(f"deployed {report.model} {report.artifact_id} to {report.target}:{report.remote_dir}: "
          f"{len(upload.sent)} file(s) sent, {len(upload.unchanged)} unchanged, {report.bytes_sent:,} bytes "
          f"in {report.seconds:.1f} s")
+    if report.rtmaps_upload is not None:
+        component = report.rtmaps_upload
+        table(None, ["RTMaps component file", "bytes", "action"],
+              [(name, component.sizes.get(name, ""), "sent" if name in component.sent else "unchanged")
+               for name in [*component.sent, *component.unchanged]], right_align=["bytes"])
+        info(f"RTMaps component in {report.target}:{report.rtmaps_dir} (load it in RTMaps Studio as its README.md says)")
     if upload.removed_partial:
         warn(f"removed {len(upload.removed_partial)} partial upload(s) left by an interrupted run")
     if report.cleaned:
@@ -59,6 +65,8 @@ def deploy(
     numpy: NumpyOption = None,
     wheels: WheelsOption = None,
     clean: Annotated[bool, typer.Option("--clean", help="Remove other artifacts from the target afterwards.")] = False,
+    rtmaps: Annotated[bool, typer.Option("--rtmaps", help="Also place the artifact's RTMaps component beside its "
+                                         "models (<artifact>/rtmaps/ there; see docs/rtmaps.md).")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Deploy an artifact to the target: preflight, offline runtime provisioning, verified upload."""
@@ -70,7 +78,7 @@ def deploy(
     shown: list[list["Check"]] = []
     try:
         with UploadBar() as bar:
-            report = run_deploy(profile, folder, clean=clean, accept_new_host_key=connection.accept_new_host_key,
+            report = run_deploy(profile, folder, clean=clean, rtmaps=rtmaps, accept_new_host_key=connection.accept_new_host_key,
                                 break_lock=connection.break_lock,
                                 index=WheelIndex(wheel_dir=wheels) if wheels else None, on_message=info,
                                 on_checks=lambda checks: shown.append(list(checks)), on_progress=bar)

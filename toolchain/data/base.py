@@ -98,10 +98,9 @@ def check_split(split: str) -> str:
     return split
 
 
-def pad_to(images: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pad N x C x H x W images symmetrically to size x size (Fashion-MNIST 28 -> 32)."""
-    height, width = images.shape[2], images.shape[3]
-    if height > size or width > size:
-        raise ValueError(f"cannot pad {height}x{width} to {size}x{size}")
-    top, left = (size - height) // 2, (size - width) // 2
-    return np.pad(images, ((0, 0), (0, 0), (top, size - height - top), (left, size - width - left)))
+def pad_images(images: np.ndarray, geometry: dict) -> np.ndarray:
+    """Pad N x C x H x W images as a pad geometry says (toolchain.data.geometry; Fashion-MNIST 28 -> 32)."""
+    if list(images.shape[2:]) != geometry["stored"]:
+        raise ValueError(f"images are {list(images.shape[2:])}, the geometry pads {geometry['stored']}")
+    top, bottom, left, right = geometry["pad"]
+    return np.pad(images, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=geometry["pad_value"])

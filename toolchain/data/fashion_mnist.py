@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from toolchain.data.base import ImageDataset, check_split, pad_to, require_dir, require_file
+from toolchain.data.base import ImageDataset, check_split, pad_images, require_dir, require_file
+from toolchain.data.geometry import FASHION_MNIST
 from toolchain.errors import DatasetError
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -61,7 +62,7 @@ def load_fashion_mnist(root: Path | None, split: str, limit: int | None = None) 
     if labels.size and labels.max() >= len(CLASS_NAMES):
         raise DatasetError(f"Fashion-MNIST {split}: label {labels.max()} out of range",
                            "the labels file is corrupt")
-    padded = pad_to(images[:, None, :, :], 32)
+    padded = pad_images(images[:, None, :, :], FASHION_MNIST)
     return ImageDataset(name="fashion-mnist", split=split,
                         images=torch.from_numpy(np.ascontiguousarray(padded)),
                         labels=torch.from_numpy(labels.astype(np.int64)), class_names=CLASS_NAMES,

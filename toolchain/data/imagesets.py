@@ -227,6 +227,7 @@ def load_image_set(definition: ImageSetDefinition, mean: Sequence[float] | None 
     dataset's. ``data_dir`` is used when the definition names no folder.
     """
     from toolchain.data import load_dataset
+    from toolchain.data.geometry import dataset_geometry
 
     root = definition.data_dir if definition.data_dir is not None else data_dir
     dataset = load_dataset(definition.dataset, definition.split, root)
@@ -245,7 +246,7 @@ def load_image_set(definition: ImageSetDefinition, mean: Sequence[float] | None 
     images, labels = replace(drawn, mean=tuple(mean), std=tuple(std)).normalized_arrays()
     record = {"kind": "definition", **definition.content(), "resolved_mean": list(mean),
               "resolved_std": list(std), "drawn": len(drawn), "data_source": dataset.source,
-              "class_names": list(dataset.class_names)}
+              "class_names": list(dataset.class_names), "geometry": dataset_geometry(definition.dataset)}
     return ImageSet(images, labels, record)
 
 

@@ -7,6 +7,8 @@ Remote layout under the profile's workdir:
     <workdir>/.toolchain/agent-<sha12>/    the target-side package (helper, benchmark agent), once per version
     <workdir>/<artifact-id>/               model.fp32.onnx, model.int8.onnx, evalset.npz, manifest.json,
                                            deploy.json (written last: the deploy is complete)
+    <workdir>/<artifact-id>/rtmaps/        with --rtmaps: the RTMaps component (opening the INT8 model beside it
+                                           by its path there), golden.npz, README.md (toolchain.rtmaps)
 
 Every file goes to a temporary name, is sha256-checked on the target and renamed into place; files
 already there with the right hash are skipped, so an unchanged redeploy sends 0 bytes.
@@ -23,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from toolchain.artifacts import FP32_NAME, INT8_NAME, Artifact, load_artifact
+from toolchain.artifacts import FP32_NAME, INT8_NAME, MANIFEST_NAME, Artifact, load_artifact
 from toolchain.errors import TargetIncompatibleError
 from toolchain.hashing import sha256_file
 from toolchain.remote.preflight import FAIL, OK, Check, preflight_checks, require_passed
 from toolchain.remote.provision import Runtime, WheelIndex, existing_runtime, provision_runtime
 from toolchain.remote.session import LocalFile, TargetSession, UploadProgress, UploadResult, describe_holder
 from toolchain.remote.target import TargetProfile, open_transport
+from toolchain.rtmaps import DEFAULT_FOLDER, component_files, preprocessing_of
 
 RECEIPT = "deploy.json"
 MODEL_FILES = (FP32_NAME, INT8_NAME)
@@ -135,12 +138,14 @@ class DeployReport:
     checks: list[Check] = field(default_factory=list)
     runtime: Runtime | None = None
     upload: UploadResult | None = None
+    rtmaps_dir: str = ""
+    rtmaps_upload: UploadResult | None = None
     cleaned: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def bytes_sent(self) -> int:
-        return self.upload.bytes_sent if self.upload else 0
+        return sum(upload.bytes_sent for upload in (self.upload, self.rtmaps_upload) if upload is not None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "profile": self.profile, "emulated": self.emulated,
@@ -150,6 +155,8 @@ class DeployReport:
                 "runtime": self.runtime.to_dict() if self.runtime else None,
                 "files_sent": self.upload.sent if self.upload else [],
                 "files_unchanged": self.upload.unchanged if self.upload else [],
+                "rtmaps": {"dir": self.rtmaps_dir, "files_sent": self.rtmaps_upload.sent,
+                           "files_unchanged": self.rtmaps_upload.unchanged} if self.rtmaps_upload else None,
                 "bytes_sent": self.bytes_sent, "cleaned": self.cleaned, "seconds": round(self.seconds, 3)}
 
 
@@ -177,7 +184,7 @@ def choose_runtime(session: TargetSession, index: WheelIndex, *, on_message: Mes
                              on_progress=on_progress)
 
 
-def deploy(profile: TargetProfile, artifact_dir: Path | Artifact, *, clean: bool = False,
+def deploy(profile: TargetProfile, artifact_dir: Path | Artifact, *, clean: bool = False, rtmaps: bool = False,
            accept_new_host_key: bool = False, break_lock: bool = False, index: WheelIndex | None = None,
            on_message: Messages = lambda _: None,
            on_checks: ChecksCallback = lambda _: None, on_progress: UploadProgress | None = None) -> DeployReport:
@@ -185,10 +192,13 @@ def deploy(profile: TargetProfile, artifact_dir: Path | Artifact, *, clean: bool
 
     `on_checks` receives the table rows as they are decided (preflight, runtime, opset), also when a
     check fails, so the caller can show them before the error. `break_lock` stops a run that holds the
-    target's lock first (a stale one, typically).
+    target's lock first (a stale one, typically). `rtmaps` also places the artifact's RTMaps component beside
+    its models; it is made (and the manifest's preprocessing checked) before anything is written there.
     """
     started = time.perf_counter()
     artifact = load_artifact(artifact_dir)
+    if rtmaps:
+        preprocessing_of(artifact.manifest, str(artifact.directory / MANIFEST_NAME))
     report = DeployReport(target=profile.address, profile=profile.name, emulated=profile.emulated,
                           artifact_id=artifact.artifact_id, model=artifact.model)
     with open_transport(profile, accept_new_host_key=accept_new_host_key) as transport:
@@ -213,10 +223,20 @@ def deploy(profile: TargetProfile, artifact_dir: Path | Artifact, *, clean: bool
             report.remote_dir = session.remote_path(artifact.artifact_id)
             report.agent_dir = session.agent_dir()
             with tempfile.TemporaryDirectory(prefix="toolchain-deploy-") as folder:
+                component = []
+                if rtmaps:
+                    report.rtmaps_dir = f"{report.remote_dir}/{DEFAULT_FOLDER}"
+                    (Path(folder) / DEFAULT_FOLDER).mkdir()
+                    component = list(component_files(artifact, report.remote_dir, Path(folder) / DEFAULT_FOLDER)[0])
                 files = [*artifact.files, _receipt(artifact, report.runtime, session.python, Path(folder))]
                 on_message(f"uploading artifact {artifact.artifact_id} to {transport.target}:{report.remote_dir}")
                 report.upload = session.upload(files, report.remote_dir, what=f"artifact {artifact.artifact_id}",
                                                on_progress=on_progress)
+                if component:
+                    on_message(f"uploading its RTMaps component to {transport.target}:{report.rtmaps_dir}")
+                    report.rtmaps_upload = session.upload(component, report.rtmaps_dir,
+                                                          what=f"RTMaps component of {artifact.artifact_id}",
+                                                          on_progress=on_progress)
             if clean:
                 answer = session.helper("clean", session.remote_path(), artifact.artifact_id,
                                         label="removing old artifacts")
