@@ -61,7 +61,7 @@ class _Canvas:
                       f'<text transform="translate(16 {TOP + (HEIGHT - TOP - BOTTOM) / 2}) rotate(-90)" '
                       f'font-size="12" text-anchor="middle">{escape(y_label)}</text>']
 
-    def axes(self, x_ticks: list[tuple[float, str]], y_ticks: list[float], x_of, y_of) -> None:
+    def axes(self, x_ticks: list[tuple[float, str]], y_ticks: list[float], x_of, y_of, slanted: bool = False) -> None:
         bottom, right = HEIGHT - BOTTOM, WIDTH - RIGHT
         for value in y_ticks:
             y = y_of(value)
@@ -70,6 +70,10 @@ class _Canvas:
                               f'{_number(value)}</text>')
         for value, label in x_ticks:
             x = x_of(value)
+            if slanted:  # many groups: names at an angle so that neighbours do not run into each other
+                self.parts.append(f'<text x="{x:.1f}" y="{bottom + 12}" font-size="10" text-anchor="end" '
+                                  f'transform="rotate(-25 {x:.1f} {bottom + 12})">{escape(label)}</text>')
+                continue
             self.parts.append(f'<text x="{x:.1f}" y="{bottom + 16}" font-size="11" text-anchor="middle">'
                               f'{escape(label)}</text>')
         self.parts.append(f'<line x1="{LEFT}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="#333"/>')
@@ -130,18 +134,26 @@ def scatter(title: str, x_label: str, y_label: str, series: Sequence[Series], fr
         for point in pareto_front(every):
             canvas.parts.append(f'<circle cx="{x_of(point.x):.1f}" cy="{y_of(point.y):.1f}" r="8" fill="none" '
                                 'stroke="#555" stroke-width="1.5"/>')
+    placed: list[tuple[float, float, float, float]] = []  # label boxes already drawn
     for index, item in enumerate(series):
         colour = COLOURS[index % len(COLOURS)]
         for number, point in enumerate(item.points):
             canvas.parts.append(f'<circle cx="{x_of(point.x):.1f}" cy="{y_of(point.y):.1f}" r="5" fill="{colour}" '
                                 f'fill-opacity="0.8"><title>{escape(point.label)}</title></circle>')
             if point.tag and len(every) <= 24:
-                # beside the point, on its left near the right edge (the legend is there)
+                # beside the point, on its left near the right edge (the legend is there); a label that would
+                # overlap one already drawn is left out (the point keeps its tooltip, the tables have the numbers)
                 left = x_of(point.x) > WIDTH - RIGHT - 90
-                canvas.parts.append(f'<text x="{x_of(point.x) + (-7 if left else 7):.1f}" '
-                                    f'y="{y_of(point.y) + (-8 if number % 2 == 0 else 16):.1f}" font-size="10" '
+                text = point.tag[:28]
+                x, y = x_of(point.x) + (-7 if left else 7), y_of(point.y) + (-8 if number % 2 == 0 else 16)
+                box = (x - 5.5 * len(text) if left else x, y - 10, x if left else x + 5.5 * len(text), y + 2)
+                if any(box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3]
+                       for other in placed):
+                    continue
+                placed.append(box)
+                canvas.parts.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="10" '
                                     f'text-anchor="{"end" if left else "start"}" fill="#333">'
-                                    f'{escape(point.tag[:28])}</text>')
+                                    f'{escape(text)}</text>')
     canvas.legend([item.name for item in series], marker="circle",
                   dashed="Pareto front" if front and len(every) > 1 else None)
     return canvas.done()
@@ -157,7 +169,8 @@ def bars(title: str, y_label: str, groups: Sequence[str], series: Sequence[tuple
     width = span * 0.8 / max(1, len(series))
     canvas = _Canvas(title, "", y_label, role)
     canvas.axes([(index, name[:18]) for index, name in enumerate(groups)],
-                [v for v in _ticks(0, y_high) if v <= y_high], lambda i: LEFT + span * (i + 0.5), y_of)
+                [v for v in _ticks(0, y_high) if v <= y_high], lambda i: LEFT + span * (i + 0.5), y_of,
+                slanted=len(groups) > 4)
     for index, (name, column) in enumerate(series):
         colour = COLOURS[index % len(COLOURS)]
         for group, value in enumerate(column):
