@@ -20,7 +20,7 @@ from tests.fixtures.agent import agent_module
 from toolchain.errors import CommandFailedError, DeployError
 from toolchain.hashing import sha256_file
 from toolchain.remote import agent_package
-from toolchain.remote.agent_package import AGENT_DIR, BENCH_AGENT, BOOTSTRAP, COMMON, HELPER, UPLOAD_PREFIX
+from toolchain.remote.agent_package import AGENT_DIR, HELPER, UPLOAD_PREFIX
 from toolchain.remote.session import LocalFile, TargetSession
 from toolchain.remote.target import TargetProfile
 from toolchain.transport import LocalTransport
@@ -29,8 +29,7 @@ VERMIN = Path(sys.executable).with_name("vermin")
 HELPER_PATH = AGENT_DIR / HELPER
 
 
-@pytest.mark.parametrize("script", [AGENT_DIR / HELPER, AGENT_DIR / BENCH_AGENT, AGENT_DIR / COMMON,
-                                    AGENT_DIR / BOOTSTRAP], ids=["helper", "agent", "common", "bootstrap"])
+@pytest.mark.parametrize("script", sorted(AGENT_DIR.glob("*.py")), ids=lambda path: path.stem)
 def test_target_side_scripts_run_on_python_3_5(script: Path) -> None:
     require(VERMIN.is_file(), "vermin is not installed (pip install -e '.[dev]')")
     require(script.is_file(), f"{script} is not there yet")

@@ -87,13 +87,19 @@ def load_evalset(path):
     return images, labels
 
 
-def open_session(path, threads):
+def open_session(path, threads, configure=None):
+    """A CPU session with `threads` intra-op threads and onnxruntime's default graph optimisation (ORT_ENABLE_ALL).
+
+    `configure(options)` may set more (the profile agent: profiling, the optimised graph's file).
+    """
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if configure is not None:
+        configure(options)
     try:
         return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except TypeError:  # onnxruntime before 1.6 has no providers argument; its default is the CPU

@@ -1,4 +1,4 @@
-"""What the helper and the benchmark agent share on the target: file hashes, facts about the machine, JSON files.
+"""What the target-side scripts share: file hashes, facts about the machine, JSON files, timed repeats.
 
 Target-side: Python 3.5+, standard library only, imported by its siblings as `import common` (the
 folder runs as it is, never as part of the host package).
@@ -8,7 +8,9 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import tempfile
+import time
 
 # ARM's CPU part numbers (MIDR, implementer 0x41) of the cores an embedded target is likely to have:
 # /proc/cpuinfo on arm64 has no "model name" line.
@@ -87,3 +89,30 @@ def write_json_atomic(path, document):
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def timed_repeats(step, min_time, repeats):
+    """The seconds of `step()` calls, sorted: at least `repeats` of them and at least `min_time` seconds in all
+    (one untimed call first)."""
+    step()
+    seconds = []
+    total = 0.0
+    while len(seconds) < repeats or total < min_time:
+        begin = time.perf_counter()
+        step()
+        elapsed = time.perf_counter() - begin
+        seconds.append(elapsed)
+        total += elapsed
+    seconds.sort()
+    return seconds
+
+
+def print_result(measure, *args):
+    """measure(*args) as one JSON line on stdout (exit status 0), or one ERROR line on stderr (1)."""
+    try:
+        result = measure(*args)
+    except Exception as exc:  # numpy missing or broken, not enough memory: one line the host reports
+        sys.stderr.write("ERROR " + json.dumps({"type": type(exc).__name__, "message": str(exc)}) + "\n")
+        return 1
+    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
+    return 0

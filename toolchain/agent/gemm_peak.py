@@ -2,8 +2,8 @@
 """Peak float32 GEMM throughput of this machine's cores, as numpy's BLAS reaches it: the ceiling that an
 achieved GFLOP/s of a model is compared with.
 
-Target-side: stdlib + numpy only, Python 3.5+ syntax (the host runs it here and on a target, by path or
-from stdin, never imports it). The caller sets the BLAS thread count in the environment
+Target-side: stdlib + numpy and its sibling `common` only, Python 3.5+ syntax (the host runs it here and on
+a target from stdin with `common` loaded beside it, never imports it). The caller sets the BLAS thread count in the environment
 (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS) before this process imports numpy: a BLAS pool
 cannot be resized reliably once started.
 
@@ -15,10 +15,10 @@ the best product (the ceiling) and the median, in GFLOP/s, as one JSON line on s
 """
 
 import argparse
-import json
 import os
 import sys
-import time
+
+import common
 
 
 def measure(size, min_time, repeats):
@@ -28,16 +28,7 @@ def measure(size, min_time, repeats):
     a = generator.standard_normal((size, size)).astype(numpy.float32)
     b = generator.standard_normal((size, size)).astype(numpy.float32)
     out = numpy.empty((size, size), dtype=numpy.float32)
-    numpy.dot(a, b, out=out)
-    seconds = []
-    total = 0.0
-    while len(seconds) < repeats or total < min_time:
-        begin = time.perf_counter()
-        numpy.dot(a, b, out=out)
-        elapsed = time.perf_counter() - begin
-        seconds.append(elapsed)
-        total += elapsed
-    seconds.sort()
+    seconds = common.timed_repeats(lambda: numpy.dot(a, b, out=out), min_time, repeats)
     flops = 2.0 * size ** 3
     return {"size": size, "dtype": "float32", "products": len(seconds),
             "best_gflops": flops / seconds[0] / 1e9, "median_gflops": flops / seconds[len(seconds) // 2] / 1e9,
@@ -52,13 +43,7 @@ def main(argv=None):
     parser.add_argument("--min-time", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=5)
     options = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        result = measure(options.size, options.min_time, options.repeats)
-    except Exception as exc:  # numpy missing or broken: one line the host reports
-        sys.stderr.write("ERROR " + json.dumps({"type": type(exc).__name__, "message": str(exc)}) + "\n")
-        return 1
-    sys.stdout.write(json.dumps(result, sort_keys=True) + "\n")
-    return 0
+    return common.print_result(measure, options.size, options.min_time, options.repeats)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ AGENT_DIR = Path(__file__).resolve().parents[1] / "agent"
 COMMON = "common.py"
 HELPER = "helper.py"
 BENCH_AGENT = "bench_agent.py"
+PROFILE_AGENT = "profile_agent.py"
 BOOTSTRAP = "bootstrap.py"
-SHIPPED = (COMMON, HELPER, BENCH_AGENT)
+SHIPPED = (COMMON, HELPER, BENCH_AGENT, PROFILE_AGENT)
 # host copies of the helper's constants (tests/test_remote_helper.py checks that they agree)
 UPLOAD_PREFIX = ".tc-upload-"
 EXIT_BUSY = 3
