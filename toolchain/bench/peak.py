@@ -5,12 +5,16 @@ GFLOP/s = 2 x MACs x batch / latency, for p50, p90 and p99 alike; MACs are read 
 
 - *measured*: the best large float32 GEMM numpy reaches on the same machine with the same thread count
   (toolchain/agent/gemm_peak.py, run over the bench's own Transport, here or on the target), cached per
-  machine in ``<cache>/peak/`` (the machine: hostname, CPU, cores, numpy, the script's hash);
+  machine in ``<cache>/peak/`` (the machine: hostname, CPU, cores, numpy, the hash of the script and common.py);
 - *spec*: the target profile's CPU spec, ``clock_ghz x fp32_flops_per_cycle x threads`` (targets/bluebox2);
 - none: "—" (an emulated target: qemu's speed is not the core's, so nothing is measured or claimed there).
 
 INT8 rows are compared with the same float32 peak: the only ceiling measured here (numpy has no integer
 GEMM kernel worth the name, so an INT8 peak is not claimed).
+
+The roofline of `toolchain profile` also needs the memory bandwidth: the best numpy copy of 64 MiB
+(toolchain/agent/bandwidth.py, one core), measured and cached the same way, else the profile's
+``memory_gbps``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from toolchain.fsutil import atomic_write_json, cache_root
 from toolchain.transport import Transport
 
 PEAK_SCRIPT = "gemm_peak.py"
+BANDWIDTH_SCRIPT = "bandwidth.py"
+BANDWIDTH_MB = 64
 GEMM_SIZE = 1024
 GEMM_MIN_TIME_S = 0.5
 PEAK_DIR = "peak"
@@ -89,14 +95,16 @@ def _read_cache(path: Path) -> dict[str, Any]:
     return document if isinstance(document, dict) else {}
 
 
-def measured_peak(transport: Transport, python: str, facts: Mapping[str, Any], threads: Sequence[int],
-                  env: Mapping[str, str] | None = None, timeout: float | None = 300.0,
-                  cache: Path | None = None) -> Peak:
-    """The numpy float32 GEMM peak of the machine behind `transport`, per thread count (cached per machine)."""
-    from toolchain.remote.agent_package import AGENT_DIR, stdin_program
+def _measured_runs(transport: Transport, python: str, facts: Mapping[str, Any], script: str, arguments: list[str],
+                   threads: Sequence[int], what: str, env: Mapping[str, str] | None, timeout: float | None,
+                   cache: Path | None, suffix: str = "") -> dict[str, Any]:
+    """One target-side measurement script's result per thread count, run over `transport` where the cache of
+    that machine (hostname, CPU, cores, numpy, the hash of the script and common.py) has none yet."""
+    from toolchain.remote.agent_package import AGENT_DIR, COMMON, stdin_program
 
-    program = stdin_program(PEAK_SCRIPT)
-    path = (cache or cache_root() / PEAK_DIR) / f"{machine_key(facts, (AGENT_DIR / PEAK_SCRIPT).read_bytes())}.json"
+    program = stdin_program(script)
+    key = machine_key(facts, (AGENT_DIR / script).read_bytes() + (AGENT_DIR / COMMON).read_bytes())
+    path = (cache or cache_root() / PEAK_DIR) / f"{key}{suffix}.json"
     document = _read_cache(path)
     runs = dict(document.get("runs") or {})
     for count in threads:
@@ -104,25 +112,65 @@ def measured_peak(transport: Transport, python: str, facts: Mapping[str, Any], t
             continue
         variables = {**(env or {}), **{name: str(count) for name in _THREAD_VARIABLES}}
         try:
-            result = transport.run([python, "-", "--size", str(GEMM_SIZE), "--min-time", f"{GEMM_MIN_TIME_S:g}"],
-                                   stdin=program, env=variables, timeout=timeout,
-                                   label="the GEMM peak measurement")
+            result = transport.run([python, "-", *arguments], stdin=program, env=variables, timeout=timeout,
+                                   label=what)
             runs[str(count)] = json.loads(result.stdout.strip().splitlines()[-1])
         except CommandFailedError as failed:
-            raise BenchmarkError(f"the GEMM peak measurement on {transport.target} failed: "
+            raise BenchmarkError(f"{what} on {transport.target} failed: "
                                  f"{(failed.stderr.strip().splitlines() or ['no output'])[-1][:200]}",
-                                 "the bench result was stored; rerun the bench to measure the peak") from None
+                                 "the result was stored; rerun to measure it") from None
         except (ValueError, IndexError):
-            raise BenchmarkError(f"the GEMM peak measurement on {transport.target} printed no result",
-                                 "rerun the bench") from None
+            raise BenchmarkError(f"{what} on {transport.target} printed no result", "rerun") from None
     try:
         atomic_write_json(path, {"schema": "toolchain.peak/1", "machine": {key: facts.get(key) for key in
                                  ("hostname", "arch", "cpu_model", "cores", "numpy")}, "runs": runs})
     except OSError:
         pass  # an unwritable cache costs a measurement next time, nothing else
+    return runs
+
+
+def measured_peak(transport: Transport, python: str, facts: Mapping[str, Any], threads: Sequence[int],
+                  env: Mapping[str, str] | None = None, timeout: float | None = 300.0,
+                  cache: Path | None = None) -> Peak:
+    """The numpy float32 GEMM peak of the machine behind `transport`, per thread count (cached per machine)."""
+    runs = _measured_runs(transport, python, facts, PEAK_SCRIPT,
+                          ["--size", str(GEMM_SIZE), "--min-time", f"{GEMM_MIN_TIME_S:g}"], threads,
+                          "the GEMM peak measurement", env, timeout, cache)
     method = (f"best numpy float32 GEMM {GEMM_SIZE}x{GEMM_SIZE} (2N^3 FLOPs) over >= {GEMM_MIN_TIME_S:g} s, "
               f"BLAS threads = bench threads, on {facts.get('hostname')} ({facts.get('cpu_model')}); cached per machine")
     return Peak("measured", method, {count: float(runs[str(count)]["best_gflops"]) for count in threads})
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """The memory bandwidth a roofline's sloped ceiling is drawn with, and where it comes from (measured / spec)."""
+
+    source: str
+    method: str
+    gbps: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "method": self.method, "gbps": self.gbps}
+
+
+def measured_bandwidth(transport: Transport, python: str, facts: Mapping[str, Any],
+                       env: Mapping[str, str] | None = None, timeout: float | None = 300.0,
+                       cache: Path | None = None) -> Bandwidth:
+    """The streaming copy bandwidth of the machine behind `transport`, one core (cached per machine)."""
+    runs = _measured_runs(transport, python, facts, BANDWIDTH_SCRIPT,
+                          ["--megabytes", str(BANDWIDTH_MB), "--min-time", f"{GEMM_MIN_TIME_S:g}"], (1,),
+                          "the memory bandwidth measurement", env, timeout, cache, "-bandwidth")
+    method = (f"best numpy copy of {BANDWIDTH_MB} MiB float32 (2 x the bytes, STREAM's copy) over >= "
+              f"{GEMM_MIN_TIME_S:g} s, one core, on {facts.get('hostname')} ({facts.get('cpu_model')}); "
+              "cached per machine")
+    return Bandwidth("measured", method, float(runs["1"]["best_gbps"]))
+
+
+def spec_bandwidth(gbps: float | None, profile: str) -> Bandwidth | None:
+    """The target profile's memory bandwidth spec (None when the profile has none)."""
+    if not gbps:
+        return None
+    return Bandwidth("spec", f"target profile {profile}: memory_gbps = {gbps:g} (the memory system's peak)", gbps)
 
 
 def compute_section(macs: int, macs_source: str, peak: Peak | None, note: str | None = None) -> dict[str, Any]:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from math import prod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toolchain.errors import OnnxModelError
+
+if TYPE_CHECKING:
+    import onnx
 
 MACS_SOURCE = "ONNX graph of model.fp32.onnx (Conv, Gemm, MatMul; batch 1)"
 
 
-def graph_macs(path: Path) -> int:
-    """MACs of one forward pass of the FP32 graph at batch 1 (the INT8 graph does the same arithmetic)."""
+def batch_one_shapes(path: Path) -> tuple["onnx.ModelProto", dict[str, list[int]]]:
+    """The model with shapes inferred at batch 1, and every tensor's shape (0 where a dimension is unknown)."""
     import onnx
     from onnx import shape_inference
 
@@ -45,22 +49,31 @@ def graph_macs(path: Path) -> int:
         shapes[value.name] = [dim.dim_value if dim.HasField("dim_value") else 0 for dim in dims]
     for item in inferred.graph.initializer:
         shapes[item.name] = list(item.dims)
-    total = 0
-    for node in inferred.graph.node:
-        out = shapes.get(node.output[0]) if node.output else None
-        if node.op_type == "Conv":
-            weight = shapes.get(node.input[1])
-            if not out or not weight or 0 in out or 0 in weight:
-                raise OnnxModelError(f"{path}: the shape of {node.name or node.op_type} is unknown",
-                                     "re-create the artifact (toolchain export)")
-            # each output element: (C_in / group) x kernel MACs = weight's elements per output channel
-            total += prod(out) * prod(weight[1:])
-        elif node.op_type in ("Gemm", "MatMul"):
-            left = shapes.get(node.input[0])
-            if not out or not left or 0 in out or 0 in left:
-                raise OnnxModelError(f"{path}: the shape of {node.name or node.op_type} is unknown",
-                                     "re-create the artifact (toolchain export)")
-            transposed = node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute)
-            inner = left[-2] if transposed else left[-1]
-            total += prod(out) * inner
-    return total
+    return inferred, shapes
+
+
+def node_macs(path: Path, node: "onnx.NodeProto", shapes: dict[str, list[int]]) -> int:
+    """MACs of one node at batch 1 (Conv, Gemm, MatMul; 0 for every other op)."""
+    out = shapes.get(node.output[0]) if node.output else None
+    if node.op_type == "Conv":
+        weight = shapes.get(node.input[1])
+        if not out or not weight or 0 in out or 0 in weight:
+            raise OnnxModelError(f"{path}: the shape of {node.name or node.op_type} is unknown",
+                                 "re-create the artifact (toolchain export)")
+        # each output element: (C_in / group) x kernel MACs = weight's elements per output channel
+        return prod(out) * prod(weight[1:])
+    if node.op_type in ("Gemm", "MatMul"):
+        left = shapes.get(node.input[0])
+        if not out or not left or 0 in out or 0 in left:
+            raise OnnxModelError(f"{path}: the shape of {node.name or node.op_type} is unknown",
+                                 "re-create the artifact (toolchain export)")
+        transposed = node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute)
+        inner = left[-2] if transposed else left[-1]
+        return prod(out) * inner
+    return 0
+
+
+def graph_macs(path: Path) -> int:
+    """MACs of one forward pass of the FP32 graph at batch 1 (the INT8 graph does the same arithmetic)."""
+    model, shapes = batch_one_shapes(path)
+    return sum(node_macs(path, node, shapes) for node in model.graph.node)

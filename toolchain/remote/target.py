@@ -79,6 +79,8 @@ class TargetProfile:
     # the CPU's spec, for a peak GFLOP/s where none is measured there: clock and float32 FLOPs per cycle per core
     clock_ghz: float | None = None
     fp32_flops_per_cycle: int | None = None
+    # the memory system's peak bandwidth in GB/s, for a roofline's sloped ceiling where none is measured there
+    memory_gbps: float | None = None
     # the interpreter in use: the first of `python_search` that the target has (the preflight decides)
     python: str = "python3"
     python_search: tuple[str, ...] = ()
@@ -136,7 +138,7 @@ _SECTIONS: dict[str | None, dict[str, type | tuple[type, ...]]] = {
                    "command_timeout": (int, float), "keepalive": (int, float), "keepalive_count": int,
                    "stall_timeout": (int, float), "proxy_jump": str, "proxy_command": str},
     "target": {"arch": str, "cores": int, "cpu": str, "python": (str, list), "workdir": str, "min_free_mb": int,
-               "clock_ghz": (int, float), "fp32_flops_per_cycle": int},
+               "clock_ghz": (int, float), "fp32_flops_per_cycle": int, "memory_gbps": (int, float)},
     "runtime": {"onnxruntime": str, "numpy": str},
     "bench": {"threads": list, "batch": int, "warmup": int, "runs": int, "min_time": (int, float),
               "timeout": (int, float)},

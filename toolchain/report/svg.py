@@ -207,3 +207,53 @@ def lines(title: str, x_label: str, y_label: str, series: Sequence[Series], role
                                 f'<title>{escape(item.name)} {_number(point.x)}: {_number(point.y)}</title></circle>')
     canvas.legend([item.name for item in series])
     return canvas.done()
+
+
+def _decades(low: float, high: float) -> tuple[float, float]:
+    return 10 ** math.floor(math.log10(low)), 10 ** math.ceil(math.log10(high))
+
+
+def roofline_plot(title: str, series: Sequence[tuple[str, Sequence[tuple[float, float, str]]]],
+                  ceilings: dict, role: str = "roofline") -> str:
+    """A roofline on log-log axes: FLOP/byte against GFLOP/s, one point per layer and series, under the machine's
+    compute peak (flat) and memory bandwidth (sloped) where they are known; without them (an emulated target)
+    the points alone, and the title says so."""
+    peak_values = list(((ceilings.get("peak") or {}).get("fp32_gflops") or {}).values())
+    peak = float(peak_values[0]) if peak_values else None
+    bandwidth = (ceilings.get("bandwidth") or {}).get("gbps")
+    every = [(x, y) for _, points in series for x, y, _ in points if x > 0 and y > 0]
+    xs = [x for x, _ in every] or [1.0]
+    ys = [y for _, y in every] + ([peak] if peak else []) or [1.0]
+    x_low, x_high = _decades(min(xs) / 2, max(xs) * 2)
+    y_low, y_high = _decades(min(ys) / 2, max(ys) * 2)
+    lx = lambda v: LEFT + (math.log10(v) - math.log10(x_low)) / (math.log10(x_high) - math.log10(x_low)) * (  # noqa: E731
+        WIDTH - LEFT - RIGHT)
+    ly = lambda v: HEIGHT - BOTTOM - (math.log10(v) - math.log10(y_low)) / (  # noqa: E731
+        math.log10(y_high) - math.log10(y_low)) * (HEIGHT - TOP - BOTTOM)
+    canvas = _Canvas(title, "arithmetic intensity, FLOP/byte (log)", "GFLOP/s (log)", role)
+    x_ticks = [10.0 ** e for e in range(round(math.log10(x_low)), round(math.log10(x_high)) + 1)]
+    y_ticks = [10.0 ** e for e in range(round(math.log10(y_low)), round(math.log10(y_high)) + 1)]
+    canvas.axes([(v, _number(v)) for v in x_ticks], y_ticks, lx, ly)
+    if peak or bandwidth:
+        samples = [x_low * (x_high / x_low) ** (i / 60) for i in range(61)]
+        roof = [(x, min(value for value in (peak, bandwidth * x if bandwidth else None) if value)) for x in samples]
+        line = " ".join(f"{lx(x):.1f},{ly(min(max(y, y_low), y_high)):.1f}" for x, y in roof)
+        canvas.parts.append(f'<polyline class="ceiling" points="{line}" fill="none" stroke="#555" stroke-width="2"/>')
+        labels = []
+        if peak:
+            labels.append(f"peak {_number(peak)} GFLOP/s ({(ceilings.get('peak') or {}).get('source', '')})")
+        if bandwidth:
+            labels.append(f"bandwidth {_number(bandwidth)} GB/s ({(ceilings.get('bandwidth') or {}).get('source', '')})")
+        for index, text in enumerate(labels):
+            canvas.parts.append(f'<text x="{LEFT + 6}" y="{TOP + 12 + 13 * index}" font-size="10" fill="#333">'
+                                f'{escape(text)}</text>')
+    for index, (name, points) in enumerate(series):
+        colour = COLOURS[index % len(COLOURS)]
+        for x, y, label in points:
+            if x <= 0 or y <= 0:
+                continue
+            canvas.parts.append(f'<circle cx="{lx(x):.1f}" cy="{ly(y):.1f}" r="4" fill="{colour}" fill-opacity="0.75">'
+                                f'<title>{escape(f"{name} {label}: {_number(x)} FLOP/B, {_number(y)} GFLOP/s")}'
+                                '</title></circle>')
+    canvas.legend([name for name, _ in series], marker="circle")
+    return canvas.done()
