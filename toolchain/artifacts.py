@@ -6,6 +6,11 @@
                       host's argmax answers of both models (pred_fp32, pred_int8)
     manifest.json     what made it (inputs with sha256, settings, versions) and how good it is
     bench/            benchmark results, <target>-<UTC time>.json
+    profile/          `toolchain profile` records, <UTC time>.json, and a roofline SVG per machine
+
+``<model>/targets/<target key>.json`` records the artifact `toolchain optimize` chose for a target (its
+manifest's ``optimize`` section says why); `latest(model, target)` returns it for that target, and the newest
+plain export otherwise.
 
 The id is the first 16 hex digits of the sha256 of the canonical JSON of every input (model,
 checkpoint sha256, dataset, export and quantization settings, calibration and eval-set definitions,
@@ -18,6 +23,7 @@ checks a folder's files against its manifest for the store, deploy and bench. No
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -29,7 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from toolchain.errors import ArtifactError, UsageError
-from toolchain.fsutil import staging_folder, sweep_stale_staging
+from toolchain.fsutil import atomic_write_json, staging_folder, sweep_stale_staging
 from toolchain.hashing import sha256_file, sha256_json
 from toolchain.manifest import (ARTIFACT_FILES, EVALSET_NAME, FP32_NAME, INT8_NAME, MANIFEST_NAME, Manifest,
                                 read_manifest)
@@ -39,6 +45,8 @@ __all__ = ["ARTIFACT_FILES", "BENCH_DIR", "EVALSET_NAME", "FP32_NAME", "INT8_NAM
            "read_evalset", "read_manifest", "utc_now", "write_evalset"]
 
 BENCH_DIR = "bench"
+# <model>/targets/<target key>.json: the artifact `toolchain optimize` chose for that target
+TARGETS_DIR = "targets"
 ID_LENGTH = 16
 ARTIFACT_ID = re.compile(rf"^[0-9a-f]{{{ID_LENGTH}}}$")
 
@@ -159,17 +167,43 @@ class ArtifactStore:
             return None
         return folder if artifact.artifact_id == identifier else None
 
-    def latest(self, model: str) -> Path:
-        """The newest complete artifact of a model (by the manifest's creation time)."""
+    def latest(self, model: str, target: str | None = None) -> Path:
+        """The artifact to use for a model: the one `toolchain optimize` chose for `target` (a target key) where
+        it chose one, else the newest complete export (by the manifest's creation time; artifacts optimized for
+        a target are that target's only)."""
+        if target is not None:
+            chosen = self.chosen(model, target)
+            if chosen is not None:
+                return chosen
         found = []
         for manifest_path in (self.root / model).glob(f"*/{MANIFEST_NAME}"):
             with contextlib.suppress(ArtifactError):
                 manifest = read_manifest(manifest_path.parent)
-                found.append((manifest.created, manifest_path.parent.name, manifest_path.parent))
+                if not manifest.optimize:
+                    found.append((manifest.created, manifest_path.parent.name, manifest_path.parent))
         if not found:
             raise ArtifactError(f"no artifact of {model} in {self.root}",
                                 f"make one: toolchain export --model {model}")
         return max(found)[2]
+
+    def choice_path(self, model: str, target: str) -> Path:
+        """Where the artifact `toolchain optimize` chose for a target is recorded: <model>/targets/<key>.json."""
+        return self.root / model / TARGETS_DIR / f"{target}.json"
+
+    def chosen(self, model: str, target: str) -> Path | None:
+        """The intact artifact `toolchain optimize` chose for a target (None: it chose none, or it is gone)."""
+        try:
+            record = json.loads(self.choice_path(model, target).read_text())
+        except (OSError, ValueError):
+            return None
+        identifier = record.get("artifact_id") if isinstance(record, dict) else None
+        return self.find(model, identifier) if isinstance(identifier, str) and is_artifact_id(identifier) else None
+
+    def choose(self, model: str, target: str, record: dict[str, Any]) -> Path:
+        """Record the artifact `toolchain optimize` chose for a target (``record`` names its ``artifact_id``)."""
+        path = self.choice_path(model, target)
+        atomic_write_json(path, record)
+        return path
 
     def check_writable(self) -> None:
         """Fail before any work if the store cannot be written (without creating anything)."""

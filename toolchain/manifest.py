@@ -4,7 +4,7 @@ Written as ``manifest.json`` (schema ``toolchain.manifest/1``) by the pipeline's
 back by one loader (`Manifest.from_json`, `read_manifest`) for the store, deploy, bench and the reports.
 Sections that several passes fill (``parity``, ``nodes``, ``quantization``, ``latency``) stay open
 mappings; everything a consumer relies on is a typed field checked on load. Fields added later are
-optional, so manifests written before them (no ``lineage``) still load.
+optional, so manifests written before them (no ``lineage``, no ``optimize``) still load.
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ class Manifest:
     timings: Mapping[str, float] = field(default_factory=dict)
     versions: Mapping[str, str] = field(default_factory=dict)
     lineage: list[Mapping[str, Any]] = field(default_factory=list)
+    # `toolchain optimize`: the target this artifact was chosen for, every candidate measured there, why it won
+    optimize: Mapping[str, Any] = field(default_factory=dict)
     schema: str = MANIFEST_SCHEMA
 
     @property
@@ -138,6 +140,7 @@ class Manifest:
             "sizes": self.sizes(), "accuracy": self.accuracy.to_json(), "kept_float": list(self.kept_float),
             "quantization": dict(self.quantization), "latency": dict(self.latency), "timings": dict(self.timings),
             "hash_inputs": dict(self.hash_inputs), "lineage": [dict(entry) for entry in self.lineage],
+            **({"optimize": dict(self.optimize)} if self.optimize else {}),
         }
 
     @classmethod
@@ -171,7 +174,7 @@ class Manifest:
             hash_inputs=check.mapping(data, "hash_inputs"), parity=data.get("parity") or {},
             nodes=data.get("nodes") or {}, quantization=data.get("quantization") or {},
             latency=data.get("latency") or {}, timings=data.get("timings") or {}, versions=data.get("versions") or {},
-            lineage=list(data.get("lineage") or []))
+            lineage=list(data.get("lineage") or []), optimize=check.optional_mapping(data, "optimize"))
 
 
 class _Checker:
@@ -188,6 +191,14 @@ class _Checker:
         value = data.get(key)
         if not isinstance(value, dict):
             raise self._fail(where or key, "an object")
+        return value
+
+    def optional_mapping(self, data: Mapping[str, Any], key: str) -> dict[str, Any]:
+        value = data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self._fail(key, "an object")
         return value
 
     def text(self, data: Mapping[str, Any], key: str, where: str | None = None) -> str:

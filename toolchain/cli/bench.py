@@ -50,17 +50,18 @@ def bench(
     from toolchain.bench.system import LocalSystem, TargetSystem
     from toolchain.bench.system import bench as run_bench
 
-    folder = artifact_folder(artifact, model, artifacts, BENCH_EXAMPLE)
     overrides = dict(threads=parse_threads(threads) if threads else None, batch=batch, warmup=warmup, runs=runs,
                      min_time_s=min_time)
     local = connection.target == LOCAL and connection.host is None
     if local:
+        folder = artifact_folder(artifact, model, artifacts, BENCH_EXAMPLE)
         system, settings = LocalSystem(), LOCAL_DEFAULTS.with_overrides(**overrides)
         info(f"benchmarking {folder} on this machine (local): threads {','.join(map(str, settings.threads))}, "
              f"batch {settings.batch}, {settings.warmup} warm-up + {settings.runs} timed runs per model")
     else:
         # `--host X` alone: the default profile, reached at X
         profile = replace(connection, target=None if connection.target == LOCAL else connection.target).profile()
+        folder = artifact_folder(artifact, model, artifacts, BENCH_EXAMPLE, target=profile)
         system = TargetSystem(profile, accept_new_host_key=connection.accept_new_host_key,
                               break_lock=connection.break_lock)
         settings = profile.bench.with_overrides(**overrides)

@@ -16,14 +16,28 @@ if TYPE_CHECKING:
     from toolchain.remote.target import TargetProfile
 
 
-def artifact_folder(artifact: Path | None, model: str | None, artifacts: Path, example: str) -> Path:
-    """--artifact FOLDER, or the newest artifact of --model NAME in the store (exactly one of the two)."""
+def artifact_folder(artifact: Path | None, model: str | None, artifacts: Path, example: str,
+                    target: "TargetProfile | None" = None) -> Path:
+    """--artifact FOLDER, or the artifact of --model NAME in the store (exactly one of the two): the one
+    `toolchain optimize` chose for `target` where it chose one, else the model's newest export."""
     from toolchain.artifacts import ArtifactStore
 
     if (artifact is None) == (model is None):
         raise UsageError("pass exactly one of --artifact FOLDER and --model NAME (its newest artifact)",
                          f"e.g. {example} (make one with `toolchain export`)")
-    return artifact if artifact is not None else ArtifactStore(artifacts).latest(model or "")
+    if artifact is not None:
+        return artifact
+    store = ArtifactStore(artifacts)
+    if target is None:
+        return store.latest(model or "")
+    from toolchain.optimize.targets import target_key
+
+    key = target_key(target)
+    chosen = store.chosen(model or "", key)
+    if chosen is not None:
+        info(f"{model}: the artifact `toolchain optimize` chose for {target.name} ({target.address}): {chosen}")
+        return chosen
+    return store.latest(model or "")
 
 
 def title(profile: "TargetProfile", what: str) -> str:

@@ -73,8 +73,8 @@ def deploy(
     from toolchain.remote.deploy import deploy as run_deploy
     from toolchain.remote.provision import WheelIndex
 
-    folder = artifact_folder(artifact, model, artifacts, DEPLOY_EXAMPLE)
     profile = connection.profile(workdir=workdir, python=python, onnxruntime=onnxruntime, numpy=numpy)
+    folder = artifact_folder(artifact, model, artifacts, DEPLOY_EXAMPLE, target=profile)
     shown: list[list["Check"]] = []
     try:
         with UploadBar() as bar:

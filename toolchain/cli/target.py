@@ -67,8 +67,9 @@ def table4_models() -> list[str]:
                    for row in spec.paper_results)]
 
 
-def _newest_artifact(store: "ArtifactStore", model: str) -> tuple[str, Path | None]:
-    """The model's name in the store and its newest artifact there (None: there is none yet).
+def _newest_artifact(store: "ArtifactStore", model: str, target: str) -> tuple[str, Path | None]:
+    """The model's name in the store and its artifact for the target (key `target`) there: the one `toolchain
+    optimize` chose for it, else the newest export (None: there is none yet).
 
     A name with no folder is looked up under its registry spelling; a name the registry does not know
     fails here, before any work.
@@ -76,11 +77,11 @@ def _newest_artifact(store: "ArtifactStore", model: str) -> tuple[str, Path | No
     from toolchain.models import resolve
 
     try:
-        return model, store.latest(model)
+        return model, store.latest(model, target)
     except ArtifactError:
         name = resolve(model).name
     try:
-        return name, store.latest(name)
+        return name, store.latest(name, target)
     except ArtifactError:
         return name, None
 
@@ -157,7 +158,10 @@ def bench_models(
     profile = connection.profile()
     settings = profile.bench.with_overrides(threads=parse_threads(threads) if threads else None, warmup=warmup,
                                             runs=runs)
-    planned = dict(_newest_artifact(ArtifactStore(artifacts), model) for model in models or table4_models())
+    from toolchain.optimize.targets import target_key
+
+    planned = dict(_newest_artifact(ArtifactStore(artifacts), model, target_key(profile))
+                   for model in models or table4_models())
     started = datetime.now(timezone.utc)
     benches, failures = [], []
     for name, found in planned.items():

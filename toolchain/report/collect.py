@@ -244,7 +244,7 @@ def artifact_entry(folder: Path, filters: Filters = Filters(), record: Path | No
                          "count": accuracy.fp32.count, "drop_pp": accuracy.drop_pp,
                          "max_drop_pp": accuracy.max_drop_pp},
             "sizes": _sizes(manifest), "gate": _gate(manifest), "macs": macs, "macs_source": macs_source,
-            "training": training_log(manifest), "measurements": rows}
+            "training": training_log(manifest), "measurements": rows, "optimize": dict(manifest.optimize) or None}
 
 
 def collect(root: Path, filters: Filters = Filters()) -> dict[str, Any]:

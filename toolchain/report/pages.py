@@ -96,6 +96,27 @@ def _gate_rows(gate: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def _optimize_block(model: str, log: dict[str, Any]) -> TableBlock:
+    """`toolchain optimize`'s decision log: every candidate measured on the target, its numbers, why it lost."""
+    target = log.get("target") or {}
+    emulated = bool(log.get("emulated"))
+    rows = []
+    for entry in log.get("candidates") or []:
+        measured = entry.get("target") or {}
+        host = entry.get("host") or {}
+        rows.append([entry.get("candidate"), entry.get("flavour") or DASH,
+                     f"{len(entry.get('kept_float') or [])} / {len(entry.get('kept_for_latency') or [])}",
+                     fmt(host.get("int8_top1")), fmt(measured.get("top1")), fmt(measured.get("drop_pp")),
+                     _time(measured.get("p50_ms"), emulated, 4), entry.get("verdict"), entry.get("why")])
+    return TableBlock(f"{model}: toolchain optimize's decision log on {target.get('profile', '?')} "
+                      f"({target.get('address', '?')}, {target.get('cpu') or '?'}, onnxruntime "
+                      f"{target.get('onnxruntime') or '?'}): chose {log.get('chosen')} ({log.get('variant')}), gate "
+                      f"{fmt(log.get('max_drop_pp'), 1)} pp from {log.get('reference', 'FP32')}"
+                      + (" -- EMULATED: latencies are qemu's" if emulated else ""),
+                      ["candidate", "INT8 flavour", "kept in float (accuracy / latency)", "host top-1 %",
+                       "target top-1 %", "drop pp", "p50 ms on the target", "verdict", "why"], rows, role="optimize")
+
+
 def _training_plot(entry: dict[str, Any]) -> Plot | None:
     epochs = entry["training"]["epochs"]
     if not epochs:
@@ -139,6 +160,8 @@ def _artifact_blocks(entry: dict[str, Any]) -> list[Block]:
                              f"format {gate.get('format') or DASH})",
                              ["step", "method", "kept in float", "INT8 top-1 %", "drop pp", "passed"],
                              _gate_rows(gate) or [[DASH] * 6], role="gate"))
+    if entry.get("optimize"):
+        blocks.append(_optimize_block(model, entry["optimize"]))
     notes = [f"MACs per image: {fmt(entry['macs'])} ({entry['macs_source']})" if entry["macs"] else
              "MACs: not known"]
     notes += sorted({f"peak {row['peak_source'] or 'none'} ({_where(row)}): {row['peak_method'] or DASH}"
