@@ -87,7 +87,7 @@ def test_rank_0_writes_one_checkpoint_and_export_loads_it(curves, toolchain, tmp
     _, (two, _) = curves
     names = sorted(path.name for path in two.run_dir.iterdir())
     assert names == ["checkpoint.json", "checkpoint.pt", "curves.png", "metrics.csv", "resume.pt"]
-    made = toolchain("export", "--checkpoint", two.checkpoint, "--artifacts", tmp_path, "--eval-count", "200",
+    made = toolchain("export", "--model", "hps-06-0.25x", "--checkpoint", two.checkpoint, "--artifacts", tmp_path, "--eval-count", "200",
                      "--max-drop", "100", "--no-simplify", "--json")
     assert made.code == 0, made.stderr
     manifest = json.loads(made.stdout)
