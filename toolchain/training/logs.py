@@ -15,8 +15,8 @@ def metrics_csv(history: list["EpochMetrics"], top5: bool) -> bytes:
     columns = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_top1"]
     columns += ["test_top5"] if top5 else []
     columns += ["seconds", "images_per_s"]
-    # several processes: how many, and each one's own images/s by rank ("612.3 598.1"); empty for epochs
-    # of a resumed run that trained on one process
+    # several processes: how many, and each one's own images/s by rank ("612.3 598.1"); 1 and empty for
+    # the epochs a resumed run trained on one process
     distributed = any(row.process_images_per_s for row in history)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
