@@ -146,6 +146,14 @@ def test_fleet_deploys_and_benches_every_host_at_most_forks_at_once_and_retries_
     nothing = toolchain("fleet", "bench", *common, "--retry-failed")
     assert nothing.returncode == 0 and "no failed host to retry" in nothing.stderr
 
+    # the report's per-host view: one row per host of the newest bench of the model there
+    from toolchain.report.collect import collect
+    from toolchain.report.pages import report_blocks
+
+    view = next(block for block in report_blocks(collect(store)) if getattr(block, "role", "") == "hosts")
+    assert sorted(row[0] for row in view.rows) == sorted(fleet.hosts)
+    assert all(row[1] == "hps-06-0.25x" and row[6] == 1 for row in view.rows)
+
 
 def test_an_unreachable_host_fails_alone_and_a_bad_inventory_is_one_error(fleet: LoopbackFleet,
                                                                           deploy_artifacts: DeployArtifacts,
