@@ -215,3 +215,36 @@ def test_ctrl_c_closes_every_hosts_session_releases_the_locks_and_records_the_ru
             session.read_facts()
             with session.locked("test: the lock is free again"):
                 pass
+
+
+@pytest.mark.emulated
+@pytest.mark.slow
+def test_fleet_bench_deploys_to_and_benches_the_emulated_bluebox_beside_a_loopback_host(
+        fleet: LoopbackFleet, deploy_artifacts: DeployArtifacts, tmp_path: Path) -> None:
+    from tests.fixtures.emulated import emulation_prerequisites
+    from toolchain.providers.emulated import USER, EmulatedBluebox
+
+    emulation_prerequisites()
+    instance = EmulatedBluebox("fleet", "10.204.0")  # namespace tc-fleet, this part's own subnet
+    try:
+        instance.up(fresh=True)
+        inventory = tmp_path / "inventory.ini"
+        inventory.write_text(fleet.inventory.read_text() + "\n[emulated]\n"
+                             f"bluebox-emu ansible_host={instance.address} ansible_user={USER} "
+                             f"ansible_ssh_private_key_file={instance.client_key} "
+                             f"toolchain_known_hosts={instance.known_hosts} toolchain_target=emulated\n")
+        store = tmp_path / "store"
+        artifact = artifact_copy(deploy_artifacts.loadable_by_1_16, store)
+        result = toolchain("fleet", "bench", "-i", str(inventory), "--limit", "emulated,board-a", "--artifact",
+                           str(artifact), "--artifacts", str(store), "--forks", "2", "--threads", "1", "--warmup",
+                           "1", "--runs", "3", "--json", timeout=900)
+        assert result.returncode == 0, result.stderr
+        hosts = by_host(json.loads(result.stdout))
+        emulated = hosts["bluebox-emu"]
+        assert emulated["status"] == "ok" and emulated["emulated"] and emulated["deployed"]
+        assert emulated["bytes_sent"] > 0 and hosts["board-a"]["status"] == "ok"
+        record = json.loads(Path(emulated["bench_record"]).read_text())
+        assert record["target"]["arch"] == "aarch64" and record["remote"]["host"] == "bluebox-emu"
+        assert record["target"]["emulated"] is True
+    finally:
+        instance.purge()
