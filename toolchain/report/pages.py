@@ -198,7 +198,7 @@ def _hosts_view(document: dict[str, Any]) -> TableBlock | None:
     if not newest:
         return None
     rows = []
-    for (host, model), found in sorted(newest.items()):
+    for (host, model), found in sorted(newest.items(), key=lambda item: item[0]):
         entry = found[0][0]
         for threads in sorted({row["threads"] for _, row in found}):
             variant = {row["variant"]: row for _, row in found if row["threads"] == threads}
