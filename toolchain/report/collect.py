@@ -157,6 +157,9 @@ def _bench_rows(manifest: Manifest, records: list[tuple[Path, dict[str, Any]]], 
     rounds: dict[tuple, list[dict[str, Any]]] = {}
     for path, document in records:
         target = document.get("artifact", {}).get("target") or document.get("remote", {}).get("profile") or "local"
+        remote = document.get("remote") if isinstance(document.get("remote"), dict) else {}
+        # which machine: a fleet's inventory name, else the address (hosts of one profile stay apart)
+        machine = remote.get("host") or remote.get("address")
         agreed = {(item.get("variant"), item.get("threads"), item.get("batch")): item.get("agreement_pct")
                   for item in document.get("agreement", []) if isinstance(item, dict)}
         compute = document.get("compute") if isinstance(document.get("compute"), dict) else {}
@@ -169,7 +172,7 @@ def _bench_rows(manifest: Manifest, records: list[tuple[Path, dict[str, Any]]], 
                     else achieved(macs, entry["batch"], latency, value) if macs else {"gflops": None,
                                                                                       "pct_of_peak": None})
             host = manifest.accuracy.variant(entry["variant"])
-            row = {"target": target, "source": BENCH_SOURCE, "hostname": facts["hostname"], "arch": facts["arch"],
+            row = {"target": target, "host": machine, "source": BENCH_SOURCE, "hostname": facts["hostname"], "arch": facts["arch"],
                    "cpu": facts["cpu_model"], "cores": facts["cores"], "onnxruntime": facts["onnxruntime"],
                    "emulated": facts["emulated"], "variant": entry["variant"], "threads": entry["threads"],
                    "batch": entry["batch"], "p50_ms": latency["p50"], "p90_ms": latency["p90"],
@@ -180,7 +183,7 @@ def _bench_rows(manifest: Manifest, records: list[tuple[Path, dict[str, Any]]], 
                    "gflops": rate["gflops"], "pct_of_peak": rate["pct_of_peak"],
                    "peak_source": peak.source if peak else None, "peak_method": peak.method if peak else
                    compute.get("peak_note"), "created": document.get("created"), "record": str(path)}
-            rounds.setdefault((target, entry["variant"], entry["threads"], entry["batch"]), []).append(row)
+            rounds.setdefault((target, machine, entry["variant"], entry["threads"], entry["batch"]), []).append(row)
     rows = []
     for series in rounds.values():
         newest = dict(series[-1])
@@ -200,7 +203,7 @@ def _export_rows(manifest: Manifest, macs: int | None) -> list[dict[str, Any]]:
         threads, batch = latency.get("threads"), latency.get("batch") or 1
         rate = achieved(macs, batch, timing, None) if macs else {"gflops": None, "pct_of_peak": None}
         host = manifest.accuracy.variant(variant)
-        rows.append({"target": "local", "source": EXPORT_CHECK, "hostname": None, "arch": None,
+        rows.append({"target": "local", "host": None, "source": EXPORT_CHECK, "hostname": None, "arch": None,
                      "cpu": latency.get("cpu"), "cores": None, "onnxruntime": manifest.versions.get("onnxruntime"),
                      "emulated": False, "variant": variant, "threads": threads, "batch": batch,
                      "p50_ms": timing["p50"], "p90_ms": timing.get("p90"), "p99_ms": timing.get("p99"),

@@ -178,6 +178,42 @@ def _overview(document: dict[str, Any]) -> TableBlock:
                       rows, role="overview")
 
 
+HOST_COLUMNS = ["host", "model", "artifact", "profile", "CPU", "onnxruntime", "threads", "FP32 p50 ms", "INT8 p50 ms",
+                "INT8 img/s", "INT8 agree %", "measured"]
+
+
+def _hosts_view(document: dict[str, Any]) -> TableBlock | None:
+    """Per host (a fleet's inventory name, else its address): the newest bench of each model there."""
+    newest: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for entry in document["models"]:
+        for row in entry["measurements"]:
+            if row["source"] != "bench" or not row.get("host"):
+                continue
+            key = (row["host"], entry["model"])
+            known = newest.get(key)
+            if known is None or str(row["created"]) > str(known[0][1]["created"]):
+                newest[key] = [(entry, row)]
+            elif str(row["created"]) == str(known[0][1]["created"]):
+                known.append((entry, row))
+    if not newest:
+        return None
+    rows = []
+    for (host, model), found in sorted(newest.items(), key=lambda item: item[0]):
+        entry = found[0][0]
+        for threads in sorted({row["threads"] for _, row in found}):
+            variant = {row["variant"]: row for _, row in found if row["threads"] == threads}
+            any_row = next(iter(variant.values()))
+            emulated = bool(any_row["emulated"])
+            int8 = variant.get("int8")
+            rows.append([host, model, entry["artifact_id"], any_row["target"], any_row["cpu"], any_row["onnxruntime"],
+                         threads, _time(variant["fp32"]["p50_ms"], emulated) if "fp32" in variant else DASH,
+                         _time(int8["p50_ms"], emulated) if int8 else DASH,
+                         Cell(fmt(int8["throughput_ips"], 1), emulated=emulated) if int8 else DASH,
+                         fmt(int8["agreement_pct"]) if int8 else DASH, any_row["created"]])
+    return TableBlock("Per host: the newest bench of each model on each host (fleet runs name hosts by inventory)",
+                      HOST_COLUMNS, rows, role="hosts")
+
+
 def _pareto_plots(document: dict[str, Any]) -> list[Plot]:
     by_target: dict[str, dict[str, Series]] = {}
     emulated: set[str] = set()
@@ -253,6 +289,9 @@ def report_blocks(document: dict[str, Any]) -> list[Block]:
                                   "— : the records hold no such figure"]),
                            Heading("Plots", 2, "plots"), *_pareto_plots(document), _size_plot(document),
                            *_thread_plots(document)]
+    hosts = _hosts_view(document)
+    if hosts is not None:
+        blocks[3:3] = [Heading("Hosts", 2, "hosts"), hosts]
     for entry in document["models"]:
         blocks += _artifact_blocks(entry)
     return blocks

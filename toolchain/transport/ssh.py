@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import select
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,7 @@ class SSHTransport(Transport):
         self._sftp: paramiko.SFTPClient | None = None
         #: the server has no SFTP subsystem: files go over exec channels
         self.sftp_missing = False
+        self._cancelled = False
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -112,6 +114,9 @@ class SSHTransport(Transport):
         self._connected()
 
     def _connected(self) -> "paramiko.SSHClient":
+        if self._cancelled:
+            raise ConnectionDroppedError(f"the connection to {self.target} was closed: the run was interrupted",
+                                         "rerun the command (finished steps are kept)")
         if self._client is not None:
             if self._alive():
                 return self._client
@@ -142,7 +147,12 @@ class SSHTransport(Transport):
             self._watch.stop()
         for each in [client, *reversed(hops)]:
             if each is not None:
+                link = each.get_transport()
                 each.close()
+                # paramiko's reader thread holds the socket until its current read times out (0.1 s): wait for it,
+                # so that a closed transport's TCP connection is really gone (a fleet's --forks counts on that)
+                if link is not None and link is not threading.current_thread():
+                    link.join(timeout=1.0)
 
     def _alive(self) -> bool:
         transport = self._client.get_transport() if self._client is not None else None
@@ -349,4 +359,10 @@ class SSHTransport(Transport):
         return len(data)
 
     def close(self) -> None:
+        self._drop_client()
+
+    def cancel(self) -> None:
+        # a command blocked on a channel of this connection sees it close and raises ConnectionDroppedError;
+        # the target's lock helper sees its stdin close and gives the lock up
+        self._cancelled = True
         self._drop_client()
