@@ -11,8 +11,6 @@ evaluation). No GPU on the machine this was written on: the CUDA/NCCL path is no
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import platform
 import sys
@@ -24,7 +22,7 @@ from pathlib import Path
 import torch
 
 from machine_info import machine_summary  # benchmarks/machine_info.py (the script's folder)
-from toolchain.fsutil import atomic_write_json
+from shared_results import update_results  # benchmarks/shared_results.py
 from toolchain.training.distributed import available_cores, train_processes
 from toolchain.training.loop import TrainConfig, train_model
 
@@ -33,15 +31,6 @@ RESULT = REPO / "benchmarks" / "results" / "scale.json"
 MODEL = "hps-06-0.5x"
 SETTINGS = dict(model=MODEL, epochs=1, batch_size=128, train_limit=8192, eval_limit=1000)
 
-
-def update_result(key: str, value: dict) -> None:
-    """Set one top-level key of scale.json, keeping the others (read-modify-write under a lock file)."""
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULT.with_name(f".{RESULT.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        document = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
-        document[key] = value
-        atomic_write_json(RESULT, document)
 
 
 def run(nproc: int, threads: int | None = None) -> dict:
@@ -69,7 +58,7 @@ def main() -> int:
     # one-thread process shows how much of the speed-up is that rather than the second process
     one_thread = run(1, 1)
     two = run(2)
-    update_result("ddp", {
+    update_results(RESULT, "ddp", {
         "benchmark": "ddp", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine_summary(), "torch": torch.__version__, "platform": platform.platform(),
                     "affinity_cores": available_cores(), "gpu": torch.cuda.is_available()},

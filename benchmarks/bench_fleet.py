@@ -17,38 +17,26 @@ Usage: python benchmarks/bench_fleet.py [--artifact FOLDER] (default: the newest
 from __future__ import annotations
 
 import argparse
-import fcntl
-import json
 import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench_train import machine  # noqa: E402  (same machine record as the other benchmarks)
+from shared_results import update_results  # noqa: E402  (benchmarks/shared_results.py: scale.json is shared with bench_ddp)
 from tests.fixtures.fleet import loopback_fleet  # noqa: E402
 from toolchain.artifacts import ArtifactStore, load_artifact  # noqa: E402
 from toolchain.fleet.inventory import read_inventory  # noqa: E402
 from toolchain.fleet.run import run_fleet  # noqa: E402
-from toolchain.fsutil import atomic_write_json  # noqa: E402
 
 RESULT = REPO / "benchmarks" / "results" / "scale.json"
 MODEL = "hps-06-0.5x"
 BENCH = {"threads": (1,), "warmup": 5, "runs": 50, "min_time_s": 1.0}
 
-
-def update_results(path: Path, key: str, value: Any) -> None:
-    """Set one top-level key of a shared results file, keeping the others (exclusive lock, atomic replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        document = json.loads(path.read_text()) if path.is_file() else {}
-        document[key] = value
-        atomic_write_json(path, document)
 
 
 def main(argv: list[str]) -> int:
