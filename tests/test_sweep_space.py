@@ -127,16 +127,20 @@ def test_a_trial_left_running_is_failed_as_interrupted_and_its_point_queued_agai
     study = open_study(spec, tmp_path)
     done = study.ask(_distributions(spec))
     study.tell(done, [50.0, 0.2, 1000.0])
-    left = study.ask(_distributions(spec))  # a driver killed here leaves it RUNNING in the file
+    left = study.ask(_distributions(spec))  # sent to Ray (it has its model), then the driver was killed
+    left.set_user_attr("model", trial_model(spec, left.params))
+    asked = study.ask(_distributions(spec))  # asked, never sent: nothing of it ran
 
     again = open_study(spec, tmp_path)  # what a rerun sees
-    assert recover_interrupted(again) == [left.number]
+    assert recover_interrupted(again) == [left.number, asked.number]
     trials = again.get_trials()
     assert trials[left.number].state == optuna.trial.TrialState.FAIL
     assert trials[left.number].user_attrs["error"] == INTERRUPTED
     assert trials[done.number].state == optuna.trial.TrialState.COMPLETE  # never touched
-    queued = again.ask(_distributions(spec))
+    assert trials[asked.number].state == optuna.trial.TrialState.FAIL and not trials[asked.number].user_attrs["requeued"]
+    queued = again.ask(_distributions(spec))  # only the started one comes back
     assert queued.params == left.params and queued.user_attrs["retry_of"] == left.number
+    assert len(again.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 0
     assert recover_interrupted(open_study(spec, tmp_path)) == [queued.number]
 
 

@@ -40,7 +40,7 @@ SUMMARY_NAME = "sweep.json"
 SPACE_NAME = "space.json"
 STUDY_NAME = "study.db"
 SUMMARY_SCHEMA = "toolchain.sweep/1"
-INTERRUPTED = "interrupted before it finished (the sweep was stopped); its parameters were queued again"
+INTERRUPTED = "interrupted before it finished (the sweep was stopped)"
 # asks in a row that only repeat finished points before the sweep says the sampler is stuck
 MAX_REPEATS = 200
 
@@ -147,12 +147,13 @@ def _key(params: dict[str, Any]) -> tuple:
 
 
 def recover_interrupted(study: "optuna.Study") -> list[int]:
-    """Tell every trial left RUNNING (a driver stopped or killed mid-trial) FAIL as interrupted, queue its
-    parameters again; the numbers of the trials so marked."""
+    """Tell every trial left RUNNING (a driver stopped or killed mid-trial) FAIL as interrupted, and queue the
+    parameters of those that had started again; the numbers of the trials so marked."""
     optuna = _optuna()
     marked = []
     for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        _mark_interrupted(study, frozen.number, frozen._trial_id, frozen.params)
+        # a trial that reached Ray (it has its model) ran in part: its point is queued again; one only asked, not
+        _mark_interrupted(study, frozen.number, frozen._trial_id, frozen.params if "model" in frozen.user_attrs else {})
         marked.append(frozen.number)
     return marked
 
@@ -160,7 +161,9 @@ def recover_interrupted(study: "optuna.Study") -> list[int]:
 def _mark_interrupted(study: "optuna.Study", number: int, trial_id: int, params: dict[str, Any]) -> None:
     optuna = _optuna()
     # optuna.trial.Trial(study, id) is how Optuna's own integrations reach a trial by id after the fact
-    optuna.trial.Trial(study, trial_id).set_user_attr("error", INTERRUPTED)
+    trial = optuna.trial.Trial(study, trial_id)
+    trial.set_user_attr("error", INTERRUPTED)
+    trial.set_user_attr("requeued", bool(params))
     study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
     if params:
         study.enqueue_trial(params, user_attrs={"retry_of": number}, skip_if_exists=False)
@@ -335,11 +338,12 @@ def run_sweep(spec: SweepSpec, artifacts: Path, system: "BenchSystem", *, worker
                 on_event("finished", _record(study, trial.number))
         except BaseException:
             # Ctrl-C (or anything else) with trials in flight: cancel them, record them as interrupted
-            for ref, trial in in_flight.items():
+            for ref in in_flight:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
-                with contextlib.suppress(Exception):
-                    _mark_interrupted(study, trial.number, trial._trial_id, trial.params)
+            # every trial not yet told (in Ray, being measured, or just asked): this driver holds the lock
+            with contextlib.suppress(Exception):
+                recover_interrupted(study)
             with contextlib.suppress(Exception):
                 summarize(spec, study, folder)
             raise
