@@ -184,3 +184,19 @@ def test_sweep_cli_errors_are_one_error_line_and_one_hint(capsys, tmp_path):
     code, err = _cli(capsys, "sweep", "show", space, "--artifacts", tmp_path)
     assert code == 1 and "no sweep study in" in err and "hint: start it with" in err
     assert not (tmp_path / "sweeps" / "never-ran" / "study.db").exists()
+
+
+# --- the per-trial budget (real training on Fashion-MNIST) -------------------------------------
+
+def test_the_time_budget_stops_training_after_the_epoch_that_crosses_it_and_a_rerun_reuses_it(tmp_path):
+    from toolchain.sweep.trial import BUDGET_NAME, _train
+
+    spec = parse_space({**SPACE, "budget": {"epochs": 3, "minutes": 0.0001, "train_limit": 300, "eval_limit": 50,
+                                            "batch_size": 32}})
+    first = _train(spec, "hps-06-0.25x", tmp_path, None)
+    assert (first["epochs_done"], first["budget_stopped"], first["trained_now"]) == (1, True, True)
+    run = Path(first["train_run"])
+    assert Path(first["checkpoint"]).is_file() and (run / BUDGET_NAME).is_file()
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 2  # header + the one epoch
+    again = _train(spec, "hps-06-0.25x", tmp_path, None)
+    assert (again["trained_now"], again["budget_stopped"], again["checkpoint"]) == (False, True, first["checkpoint"])

@@ -236,7 +236,7 @@ def parse_space(data: dict[str, Any], path: Path | None = None) -> SweepSpec:
 
     budget_table, export_table, bench_table = data.get("budget", {}), data.get("export", {}), data.get("bench", {})
     budget = Budget(epochs=typed(budget_table, "budget", "epochs", int, 1, 1),
-                    minutes=typed(budget_table, "budget", "minutes", (int, float), None, 0.01),
+                    minutes=typed(budget_table, "budget", "minutes", (int, float), None, 1e-6),
                     train_limit=typed(budget_table, "budget", "train_limit", int, None, 1),
                     eval_limit=typed(budget_table, "budget", "eval_limit", int, 1000, 1),
                     batch_size=typed(budget_table, "budget", "batch_size", int, 32, 1),

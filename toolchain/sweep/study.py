@@ -255,14 +255,29 @@ def run_sweep(spec: SweepSpec, artifacts: Path, system: "BenchSystem", *, worker
     ``prepare(folder)`` runs before a trial's bench (a deploy for a remote target); ``on_event`` gets
     "recovered", "started", "finished" and "failed" with the trial's record.
     """
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}", "pass e.g. --workers 2")
+    folder = ensure_writable_dir(sweep_folder(artifacts, spec.name), "--artifacts")
+    optuna = _optuna()
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return _run_locked(spec, artifacts, folder, system, workers, ray_address, data_dir, prepare, on_event)
+    except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as error:
+        # a full disk, a locked or damaged study.db met mid-sweep: the trials told so far are in the file
+        raise ArtifactError(f"the sweep study {folder / STUDY_NAME} failed: {type(error).__name__}: "
+                            f"{_first_line(error)}", "check the disk has room and that nothing else writes the "
+                            "file, then rerun the same command: finished trials are kept") from None
+
+
+def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSystem", workers: int,
+                ray_address: str | None, data_dir: Path | None, prepare: Callable[[Path], None],
+                on_event: Events) -> SweepOutcome:
     import ray
 
     from toolchain.bench.settings import BenchSettings
     from toolchain.bench.system import bench
 
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}", "pass e.g. --workers 2")
-    folder = ensure_writable_dir(sweep_folder(artifacts, spec.name), "--artifacts")
     optuna = _optuna()
     settings = BenchSettings(threads=(spec.bench.threads,), batch=1, warmup=spec.bench.warmup, runs=spec.bench.runs)
     with _sweep_lock(folder):
