@@ -273,8 +273,6 @@ def run_sweep(spec: SweepSpec, artifacts: Path, system: "BenchSystem", *, worker
 def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSystem", workers: int,
                 ray_address: str | None, data_dir: Path | None, prepare: Callable[[Path], None],
                 on_event: Events) -> SweepOutcome:
-    import ray
-
     from toolchain.bench.settings import BenchSettings
     from toolchain.bench.system import bench
 
@@ -293,7 +291,9 @@ def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSy
         grid = {_key(point) for point in spec.grid()}
         if counted >= spec.trials or grid <= seen:
             return SweepOutcome(folder, summarize(spec, study, folder), 0)
-        stop_ray = _start_ray(ray_address, workers)
+        stop_ray = _start_ray(ray_address, workers)  # says so in one line where ray is missing
+        import ray
+
         remote = ray.remote(num_cpus=1, max_retries=0)(run_trial)
         in_flight: dict[Any, Any] = {}
         ran, repeats = 0, 0
