@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,7 +110,24 @@ def test_an_interrupted_sweep_stops_with_one_error_line_and_keeps_its_finished_t
     assert code == 130, err
     assert "error: interrupted" in err and "hint: " in err and "Traceback" not in err
     states = [t["state"] for t in sweep["interrupted"]["trials"]]
-    assert states.count("COMPLETE") >= 1 and "RUNNING" not in states
+    assert states.count("COMPLETE") >= 1
+    assert "RUNNING" not in [t["state"] for t in sweep["final"]["trials"]]
+
+
+def test_a_local_ray_serves_on_loopback_only(sweep, tmp_path):
+    # every trial ran on a Ray node whose address is 127.0.0.1 (Ray's default is the LAN address)
+    assert {t["details"].get("ray_node_ip") for t in sweep["final"]["trials"] if t["state"] == "COMPLETE"} == {
+        "127.0.0.1"}
+    # and starting one connects to nothing else: no route probe towards 8.8.8.8, no cloud metadata server
+    trace = tmp_path / "connect.txt"
+    probe = ("from toolchain.sweep.study import _start_ray\nstop = _start_ray(None, 1)\nimport ray\n"
+             "print(ray.get(ray.remote(num_cpus=1)(lambda: 1).remote()))\nstop()\n")
+    done = subprocess.run(["strace", "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(trace),
+                           sys.executable, "-c", probe], env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
+    addresses = set(re.findall(r'inet_addr\("([0-9.]+)"\)', trace.read_text()))
+    addresses |= set(re.findall(r'inet_pton\(AF_INET6, "([^"]+)"', trace.read_text()))
+    assert addresses and all(a.startswith("127.") or a.startswith("::ffff:127.") or a == "::1" for a in addresses), addresses
 
 
 def test_the_rerun_finishes_the_study_and_runs_no_complete_trial_twice(sweep):
@@ -132,7 +150,8 @@ def test_the_rerun_finishes_the_study_and_runs_no_complete_trial_twice(sweep):
 
 
 def test_a_trial_running_at_the_interruption_is_recorded_and_run_again_as_a_new_trial(sweep):
-    failed = [t for t in sweep["interrupted"]["trials"] if t["state"] == "FAIL"]
+    # marked at the Ctrl-C, or (where that was cut short itself) by the rerun before it asked anything
+    failed = [t for t in sweep["final"]["trials"] if t["state"] == "FAIL"]
     assert all("interrupted" in t["error"] for t in failed)
     interrupted = [t for t in failed if t["model"]]  # sent to Ray (an only-asked one never ran: not queued)
     assert interrupted, "SIGINT came when no trial was in flight"

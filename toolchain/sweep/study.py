@@ -207,22 +207,51 @@ def summarize(spec: SweepSpec, study: "optuna.Study", folder: Path) -> dict[str,
     return summary
 
 
+# A local Ray talks to this machine's loopback only (measured with strace -e connect, Ray 2.60). Left alone it
+# finds "its" address by routing towards 8.8.8.8 and serves on the LAN address, and its dashboard process asks
+# the cloud metadata servers (169.254.169.254, metadata.google.internal) which cloud it is on, even with usage
+# stats off. Ray's processes copy the environment when ray.init starts them, so these are set for that call only.
+LOCAL_RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",  # no usage reports to Ray's servers
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's own switch for "no cluster": the node address is 127.0.0.1
+    # the metadata probes use `requests`, which honours these: sent to a closed loopback port, refused at once
+    "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": "",
+}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _start_ray(address: str | None, workers: int) -> Callable[[], None]:
     # Ray reports usage to its own servers unless told not to: this tool talks to no one it was not told to
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("ray is not installed", "pip install ray (see pyproject.toml)") from None
     temp = None
     try:
         if address:
+            import ray
+
             ray.init(address=address, log_to_driver=False, logging_level="error")
         else:
             # a short folder of our own: Ray's socket paths must fit in 107 bytes
             temp = tempfile.mkdtemp(prefix="tcray-", dir="/tmp")
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="error",
-                     _temp_dir=temp, _node_ip_address="127.0.0.1")
+            with _environment(LOCAL_RAY_ENV):
+                import ray  # its constants are read on import: inside the environment above
+
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="error",
+                         _temp_dir=temp, _node_ip_address="127.0.0.1")
+    except ImportError:
+        raise UsageError("ray is not installed", "pip install ray (see pyproject.toml)") from None
     except Exception as error:  # ConnectionError, RuntimeError, ray's own: one line, where and what to do
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
@@ -327,7 +356,7 @@ def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSy
                                "hint": "see the Ray worker logs; the trial is recorded as failed"}
                 ran += 1
                 counted += 1
-                for name in ("worker_host", "worker_pid", "train_run", "epochs_done", "budget_stopped",
+                for name in ("worker_host", "worker_pid", "ray_node_ip", "train_run", "epochs_done", "budget_stopped",
                              "trained_now", "train_seconds", "artifact", "artifact_id", "export_cached",
                              "export_seconds", "fp32_top1_host", "int8_top1_host", "seconds", "error_kind"):
                     if outcome.get(name) is not None:
@@ -357,8 +386,14 @@ def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSy
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             # every trial not yet told (in Ray, being measured, or just asked): this driver holds the lock
-            with contextlib.suppress(Exception):
-                recover_interrupted(study)
+            # (a Ctrl-C inside a storage call can leave that connection unusable: then a fresh one; failing
+            # both, the next run marks them before it asks anything)
+            for fresh in (False, True):
+                try:
+                    recover_interrupted(open_study(spec, folder) if fresh else study)
+                    break
+                except Exception:
+                    continue
             with contextlib.suppress(Exception):
                 summarize(spec, study, folder)
             raise

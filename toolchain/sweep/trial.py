@@ -36,7 +36,7 @@ def training_key(spec: SweepSpec, model: str) -> str:
 def run_trial(spec: SweepSpec, params: dict[str, Any], artifacts: str, data_dir: str | None) -> dict[str, Any]:
     """Train (or reuse) and export one trial's model; a dict with the artifact, or with ``error`` and ``hint``."""
     started = time.time()
-    where = {"worker_host": socket.gethostname(), "worker_pid": os.getpid()}
+    where = {"worker_host": socket.gethostname(), "worker_pid": os.getpid(), "ray_node_ip": _node_ip()}
     try:
         model = trial_model(spec, params)
         trained = _train(spec, model, Path(artifacts), Path(data_dir) if data_dir else None)
@@ -51,6 +51,15 @@ def run_trial(spec: SweepSpec, params: dict[str, Any], artifacts: str, data_dir:
                 "hint": "rerun this model alone with `toolchain train` and `toolchain export --debug` to see why",
                 "seconds": time.time() - started}
     return {**where, **trained, **exported, "model": model, "seconds": time.time() - started}
+
+
+def _node_ip() -> str | None:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address() if ray.is_initialized() else None
+    except Exception:  # outside Ray (a direct call): no node
+        return None
 
 
 def _train(spec: SweepSpec, model: str, artifacts: Path, data_dir: Path | None) -> dict[str, Any]:
