@@ -27,6 +27,8 @@ REPORT_SCHEMA = "toolchain.report/1"
 METRICS_NAME = "metrics.csv"  # toolchain.training.runs writes it beside each checkpoint (one row per epoch)
 EXPORT_CHECK = "export check"
 BENCH_SOURCE = "bench"
+# toolchain.sweep.study writes these (not imported from there: the report needs neither optuna nor ray)
+SWEEPS_DIR, SWEEP_SUMMARY, SWEEP_SCHEMA = "sweeps", "sweep.json", "toolchain.sweep/1"
 
 
 @dataclass(frozen=True)
@@ -261,4 +263,30 @@ def collect(root: Path, filters: Filters = Filters()) -> dict[str, Any]:
     entries.sort(key=lambda entry: entry["created"], reverse=True)
     entries.sort(key=lambda entry: entry["model"])  # stable: newest first within a model
     return {"schema": REPORT_SCHEMA, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "artifacts": str(root), "filters": filters.to_json(), "models": entries}
+            "artifacts": str(root), "filters": filters.to_json(), "models": entries, "sweeps": sweeps(root)}
+
+
+def sweeps(root: Path) -> list[dict[str, Any]]:
+    """Every sweep of the store (``sweeps/<name>/sweep.json``, written by `toolchain sweep`), by name."""
+    from toolchain.sweep.pareto import pareto_front
+
+    found = []
+    for path in sorted((root / SWEEPS_DIR).glob(f"*/{SWEEP_SUMMARY}")):
+        try:
+            document = json.loads(path.read_text())
+        except OSError as exc:
+            raise ArtifactError(f"cannot read sweep summary {path}: {exc.strerror or exc}",
+                                "check its permissions") from None
+        except ValueError as exc:
+            raise ArtifactError(f"sweep summary {path} is not valid JSON: {exc}",
+                                "write it again: toolchain sweep show SPACE.toml") from None
+        if not isinstance(document, dict) or document.get("schema") != SWEEP_SCHEMA or not isinstance(
+                document.get("trials"), list):
+            raise ArtifactError(f"{path} is not a sweep summary", "write it again: toolchain sweep show SPACE.toml")
+        # the front is computed here from the stored trials, not taken from the file
+        complete = {trial["number"]: [trial["values"][key] for key in document["objectives"]]
+                    for trial in document["trials"] if trial.get("state") == "COMPLETE" and trial.get("values")}
+        document["pareto"] = pareto_front(complete, document["directions"])
+        document["summary_file"] = str(path)
+        found.append(document)
+    return found
