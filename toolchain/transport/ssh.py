@@ -45,6 +45,8 @@ __all__ = ["SSHSettings", "SSHTransport"]
 _HOST_DEADLINE_GRACE_S = TIMEOUT_KILL_AFTER_S + 10.0
 _POLL_S = 0.25
 _CHUNK = 32768
+# the SFTP version exchange is one round trip; a subsystem silent this long is treated as missing
+SFTP_START_TIMEOUT = 30.0
 
 
 class _SSHBackground(BackgroundCommand):
@@ -301,9 +303,18 @@ class SSHTransport(Transport):
             return None
         if self._sftp is None or not self._alive():
             client = self._connected()
+            channel = None
             try:
-                self._sftp = client.open_sftp()
+                # opened by hand to bound the version exchange: paramiko's open_sftp() waits without a timeout,
+                # and a server whose subsystem never answers (seen: dropbear without sftp-server behind a jump
+                # host, under load) hung `deploy` for good; timed out, the copy streams over exec instead
+                channel = client.get_transport().open_session(timeout=self.settings.connect_timeout)
+                channel.settimeout(min(self.settings.stall_timeout, SFTP_START_TIMEOUT))
+                channel.invoke_subsystem("sftp")
+                self._sftp = paramiko.SFTPClient(channel)
             except (paramiko.SSHException, OSError, EOFError):
+                if channel is not None:
+                    channel.close()
                 # a server without the subsystem refuses it or closes the channel; the connection stays
                 if not self._still_connected():
                     raise self._dropped("SFTP start") from None
