@@ -41,10 +41,17 @@ def test_auto_tries_every_calibration_in_order_then_keeps_nodes_in_float(broken_
                                       artifacts=tmp_path, eval_count=SMALL_EVAL))
     quantization = result.manifest.to_json()["quantization"]
     log = quantization["calibration_search"]
-    assert [attempt["method"] for attempt in log] == list(AUTO_METHODS)
+    # the three calibrations in the default layout, then the best one's ranges with the other format and
+    # with per-tensor weights (no recalibration)
+    assert [attempt["method"] for attempt in log[:3]] == list(AUTO_METHODS)
+    assert [(attempt["format"], attempt["per_channel"]) for attempt in log] == \
+        [("qoperator", True)] * 3 + [("qdq", True), ("qoperator", False)]
+    assert {attempt["method"] for attempt in log[3:]} == {min(log[:3], key=lambda a: a["drop_pp"])["method"]}
+    assert all(attempt["calibration_seconds"] == 0.0 for attempt in log[3:])
     assert not any(attempt["passed"] for attempt in log) and all(attempt["drop_pp"] > 1.0 for attempt in log)
     best = min(log, key=lambda attempt: attempt["drop_pp"])
     assert quantization["method"] == best["method"] and quantization["kept_float"]
+    assert (quantization["format"], quantization["per_channel"]) == (best["format"], best["per_channel"])
     assert quantization["steps"][0]["drop_pp"] == best["drop_pp"]  # the float search started from the best one
     assert result.manifest.to_json()["accuracy"]["drop_pp"] <= 1.0
 
@@ -89,3 +96,16 @@ def test_the_failure_hint_offers_auto_only_when_the_method_was_pinned(broken_int
                                      quant=QuantSettings(method=method, max_kept_float=0)))
         hints[method] = failed.value.hint
     assert "--method auto" not in hints["auto"] and "--method auto" in hints["minmax"]
+
+
+def test_a_pinned_layout_is_not_searched(broken_int8_checkpoint, tmp_path):
+    """--format or --per-channel/--per-tensor given: only the calibrations are searched."""
+    from toolchain.cli.pipeline import _quant_options
+
+    assert not _quant_options().layout_pinned
+    assert _quant_options(quant_format="qoperator").layout_pinned and _quant_options(per_channel=True).layout_pinned
+    result = run_export(ExportRequest(model="hps-06-0.25x", checkpoint=broken_int8_checkpoint, artifacts=tmp_path,
+                                      eval_count=SMALL_EVAL, quant=_quant_options(per_channel=True)))
+    log = result.manifest.to_json()["quantization"]["calibration_search"]
+    assert [(attempt["method"], attempt["format"], attempt["per_channel"]) for attempt in log] == \
+        [(method, "qoperator", True) for method in AUTO_METHODS]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.sshd import LOOPBACK, FlakyProxy, LoopbackSSHD, free_port
+from tests.fixtures.sshd import LOOPBACK, FlakyProxy, LoopbackSSHD, free_port, running_sshd
 from toolchain.errors import (AuthenticationFailedError, CommandFailedError, CommandTimedOutError,
                               ConnectionDroppedError, HostKeyMismatchError, HostKeyUnknownError,
                               HostUnreachableError, TransportError)
@@ -192,3 +192,17 @@ def test_upload_into_a_full_disk_fails_and_leaves_no_partial_file(ssh: SSHTransp
         ssh.put(source, str(small_tmpfs / "big.bin"))
     assert not isinstance(caught.value, ConnectionDroppedError)
     assert list(small_tmpfs.iterdir()) == []
+
+
+def test_an_sftp_subsystem_that_never_answers_falls_back_to_the_exec_stream(tmp_path: Path) -> None:
+    """paramiko's open_sftp() waits for the version reply without a timeout: a silent subsystem hung deploy."""
+    (tmp_path / "server").mkdir()
+    with running_sshd(tmp_path / "server", sftp="/bin/sleep 600") as server:
+        source = tmp_path / "payload.bin"
+        source.write_bytes(bytes(range(256)) * 64)
+        started = time.monotonic()
+        with SSHTransport(settings(server, tmp_path, stall_timeout=3)) as transport:
+            assert transport.put(source, str(tmp_path / "copy.bin")) == source.stat().st_size
+            assert transport.sftp_missing
+        assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+        assert time.monotonic() - started < 60

@@ -148,5 +148,18 @@ class LockHeldError(DeployError):
     """Another deploy or bench holds the target's lock."""
 
 
+class InventoryError(ToolchainError):
+    """An Ansible-style inventory file that is missing or malformed, or a --limit that selects no host."""
+
+
+class FleetFailedError(ToolchainError):
+    """Some hosts of a fleet run failed; the exit code is how many (the others finished)."""
+
+    def __init__(self, message: str, hint: str | None = None, *, failed: int = 1) -> None:
+        super().__init__(message, hint)
+        # 126 and above mean something else to a shell
+        self.exit_code = max(1, min(failed, 125))
+
+
 class EmulatedTargetError(ToolchainError):
     """The emulated Bluebox cannot be built, started or stopped (root, qemu-user binfmt, debootstrap)."""

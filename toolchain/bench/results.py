@@ -4,6 +4,7 @@ and the agent's stderr line protocol (PROGRESS / ERROR)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -142,9 +143,10 @@ def host_predictions(artifact_dir: Path) -> dict[str, np.ndarray]:
     return {variant: arrays[f"pred_{variant}"] for variant in VARIANT_FILES if f"pred_{variant}" in arrays}
 
 
-def result_path(artifact_dir: Path, target: str, when: datetime) -> Path:
-    """Where a result is stored: bench/<target>-<UTC time>.json beside the manifest."""
-    return artifact_dir / BENCH_DIR / f"{target}-{when.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+def result_path(artifact_dir: Path, target: str, when: datetime, host: str | None = None) -> Path:
+    """Where a result is stored: bench/<target>[@<fleet host>]-<UTC time>.json beside the manifest."""
+    name = f"{target}@{re.sub(r'[^A-Za-z0-9._-]', '_', host)}" if host else target
+    return artifact_dir / BENCH_DIR / f"{name}-{when.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}.json"
 
 
 class AgentStderr:

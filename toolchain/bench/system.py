@@ -107,6 +107,8 @@ class BenchSystem(ABC):
     #: the result's target label (bench/<name>-<time>.json)
     name: str
     emulated: bool
+    #: the host's name in a fleet's inventory (None: not part of a fleet run)
+    host: str | None = None
 
     @abstractmethod
     def artifact(self, source: Path | Artifact) -> Artifact:
@@ -141,9 +143,13 @@ class LocalSystem(BenchSystem):
 class TargetSystem(BenchSystem):
     """A target profile's machine (SSH, or `--host local`): the agent runs from its installed folder there."""
 
-    def __init__(self, profile: TargetProfile, *, accept_new_host_key: bool = False, break_lock: bool = False) -> None:
+    def __init__(self, profile: TargetProfile, *, accept_new_host_key: bool = False, break_lock: bool = False,
+                 host: str | None = None) -> None:
         self.profile = profile
         self.name = profile.name
+        #: the host's name in a fleet's inventory: kept in the result (``remote.host``) and its file name,
+        #: so hosts of one profile benched at the same second never share a record
+        self.host = host
         self.emulated = profile.emulated
         self.accept_new_host_key = accept_new_host_key
         self.break_lock = break_lock
@@ -167,6 +173,8 @@ class TargetSystem(BenchSystem):
                 remote = {"profile": profile.name, "address": profile.address, "emulated": profile.emulated,
                           "remote_dir": remote_dir, "runtime": runtime,
                           "agreement_threshold_pct": AGREEMENT_THRESHOLD_PCT}
+                if self.host:
+                    remote["host"] = self.host
                 yield AgentRun(transport, session.python, session.agent_script(), remote_dir,
                                f"{remote_dir}/bench-{started:%Y%m%dT%H%M%SZ}.json",
                                env={"PYTHONPATH": runtime["pythonpath"]} if runtime.get("pythonpath") else None,
@@ -209,7 +217,7 @@ def bench(system: BenchSystem, source: Path | Artifact, settings: BenchSettings,
     document["compute"] = compute
     annotate(document, compute)
     document.update(run.extra)
-    path = result_path(artifact.directory, system.name, started)
+    path = result_path(artifact.directory, system.name, started, system.host)
     atomic_write_json(path, document)
     return BenchRun(path, document, found)
 

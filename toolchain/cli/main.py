@@ -46,8 +46,8 @@ def _register_optional_groups() -> None:
     # Command groups of later pipeline stages register themselves here as they land.
     import importlib
 
-    for module_name in ("train", "pipeline", "bench", "deploy", "target", "simulate", "report", "rtmaps", "profile",
-                        "optimize"):
+    for module_name in ("train", "pipeline", "bench", "deploy", "target", "simulate", "report", "rtmaps", "fleet",
+                        "sweep", "profile", "optimize"):
         try:
             module = importlib.import_module(f"toolchain.cli.{module_name}")
         except ModuleNotFoundError as exc:

@@ -28,9 +28,12 @@ CalibrationOption = Annotated[Optional[str], typer.Option(
 MethodOption = Annotated[str, typer.Option(
     "--method", help="Calibration: auto (default: minmax, then percentile, then entropy until INT8 meets the gate), "
     "or pin one of minmax, entropy, percentile.")]
-FormatOption = Annotated[str, typer.Option(
-    "--format", help="qoperator (QLinearConv...; default: fastest measured here) or qdq (Q/DQ pairs).")]
-PerChannelOption = Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales per channel.")]
+FormatOption = Annotated[Optional[str], typer.Option(
+    "--format", help="qoperator (QLinearConv...; default: fastest measured here) or qdq (Q/DQ pairs). "
+    "Unset, --method auto also tries qdq when no calibration passes.")]
+PerChannelOption = Annotated[Optional[bool], typer.Option(
+    "--per-channel/--per-tensor", help="Weight scales per channel (default). Unset, --method auto also tries "
+    "per-tensor when no calibration passes.")]
 ActivationTypeOption = Annotated[str, typer.Option(
     "--activation-type", help="uint8 (U8S8, default: fast on x86) or int8 (S8S8).")]
 ReduceRangeOption = Annotated[bool | None, typer.Option(
@@ -53,8 +56,8 @@ SimplifyOption = Annotated[bool, typer.Option(
 
 def _quant_options(
     method: MethodOption = "auto",
-    quant_format: FormatOption = "qoperator",
-    per_channel: PerChannelOption = True,
+    quant_format: FormatOption = None,
+    per_channel: PerChannelOption = None,
     activation_type: ActivationTypeOption = "uint8",
     reduce_range: ReduceRangeOption = None,
     exclude_nodes: ExcludeNodesOption = None,
@@ -63,7 +66,10 @@ def _quant_options(
 ) -> QuantSettings:
     """The quantization options `export` and `quantize` share, as the settings they describe."""
     excluded = tuple(name.strip() for name in (exclude_nodes or "").split(",") if name.strip())
-    return QuantSettings(method=method, format=quant_format, per_channel=per_channel, activation_type=activation_type,
+    return QuantSettings(method=method, format=quant_format or "qoperator",
+                         per_channel=True if per_channel is None else per_channel,
+                         layout_pinned=quant_format is not None or per_channel is not None,
+                         activation_type=activation_type,
                          reduce_range=reduce_range, exclude_nodes=excluded, max_drop=max_drop,
                          max_kept_float=max_kept_float)
 

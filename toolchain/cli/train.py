@@ -7,7 +7,7 @@ to None so that `--resume` can tell what was typed from what the resume file alr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
@@ -17,7 +17,7 @@ from toolchain.cli.output import emit_json, info, progress, table, warn
 from toolchain.errors import UsageError
 
 if TYPE_CHECKING:
-    from toolchain.training.loop import EpochMetrics, TrainPlan, TrainProgress
+    from toolchain.training.loop import EpochMetrics, TrainPlan, TrainProgress, TrainResult
 
 _OPTIMIZER_HELP = ("SGD (default), Adam, Adamax, Adagrad, Adadelta, ASGD, RMSprop, Rprop or AdaBound. "
                    "Default lr: SGD 0.1, Adam 0.001, Adamax 0.002, Adagrad 0.01, Adadelta 1.0, ASGD 0.01, "
@@ -46,9 +46,11 @@ def _plan_lines(plan: "TrainPlan") -> list[str]:
     decay = (f"lr x{plan.gamma:g} after epochs {', '.join(map(str, plan.milestone_epochs))}"
              if plan.milestone_epochs else "constant lr")
     verb = f"resuming after epoch {plan.start_epoch} of" if plan.start_epoch else "training"
+    where = (f"{plan.processes} processes ({plan.backend}, {plan.device}) x {plan.threads} threads"
+             if plan.processes > 1 else f"{plan.device}, {plan.threads} threads")
     return [f"{verb} {plan.model} on {plan.dataset}: {plan.train_images} train / {plan.eval_images} test "
             f"images, {plan.num_classes} classes, {plan.in_channels} channel(s)",
-            f"{plan.optimizer} {settings}; {plan.epochs} epochs, {decay}; {plan.threads} threads",
+            f"{plan.optimizer} {settings}; {plan.epochs} epochs, {decay}; {where}",
             f"run folder: {plan.run_dir}"]
 
 
@@ -56,8 +58,13 @@ def _epoch_line(metrics: "EpochMetrics", epochs: int, eta_s: float | None) -> st
     top5 = f" top-5 {metrics.test_top5:.2f}%" if metrics.test_top5 is not None else ""
     return (f"epoch {metrics.epoch}/{epochs}  lr {metrics.lr:.4g}  train loss {metrics.train_loss:.4f} "
             f"acc {metrics.train_acc:.2f}%  test loss {metrics.test_loss:.4f} top-1 {metrics.test_top1:.2f}%"
-            f"{top5}  {metrics.seconds:.1f} s  {metrics.images_per_s:.0f} img/s  "
+            f"{top5}  {metrics.seconds:.1f} s  {metrics.images_per_s:.0f} img/s{_per_process(metrics)}  "
             f"ETA {_format_seconds(eta_s)}")
+
+
+def _per_process(metrics: "EpochMetrics") -> str:
+    rates = metrics.process_images_per_s
+    return f" ({' + '.join(f'{rate:.0f}' for rate in rates)} per process)" if rates else ""
 
 
 def train(
@@ -91,9 +98,16 @@ def train(
         help="Run folder (default: ARTIFACTS/train/<model>/<dataset>/<time>/).")] = None,
     resume: Annotated[Optional[Path], typer.Option(
         help="Continue an interrupted run exactly: its run folder or resume.pt.")] = None,
+    nproc: Annotated[Optional[int], typer.Option(
+        help="Train on this many processes of this machine (DistributedDataParallel: gloo on CPU, NCCL on "
+        "GPUs; --batch-size stays the global batch). Under torchrun, leave it out: each process joins "
+        "torchrun's group.", min=1)] = None,
+    device: Annotated[Optional[str], typer.Option(
+        help="auto (default: CUDA when torch sees a GPU), cpu or cuda.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Train a model (the papers' recipe by default): checkpoint, CSV log and curves per epoch."""
+    from toolchain.training.distributed import launch_environment, train_in_launched_group, train_processes
     from toolchain.training.loop import RESUME_NAME, TrainConfig, option_flag, resumed_config, train_model
 
     given: dict[str, Any] = {
@@ -102,7 +116,7 @@ def train(
         "weight_decay": weight_decay,
         "milestones": None if milestones is None else _parse_milestones(milestones),
         "gamma": gamma, "train_limit": train_limit, "eval_limit": eval_limit, "augment": augment,
-        "seed": seed, "threads": threads, "run_dir": run_dir}
+        "seed": seed, "threads": threads, "run_dir": run_dir, "device": device}
     given = {key: value for key, value in given.items() if value is not None}
     if resume is not None:
         config = resumed_config(resume, **given)
@@ -111,6 +125,20 @@ def train(
                          "pass e.g. --model hps-06-0.5x, or --resume RUN_DIR to continue a run")
     else:
         config = TrainConfig(artifacts=artifacts, **given)
+    launch = launch_environment()
+    if launch is not None and nproc is not None:
+        raise UsageError("--nproc cannot be used under torchrun (RANK and WORLD_SIZE are set)",
+                         "let torchrun start the processes (--nproc-per-node), or run without torchrun")
+    if launch is not None and launch.rank != 0:  # rank 0 speaks for the group
+        train_in_launched_group(config, launch)
+        return
+
+    def run_training(on_progress: "Callable[[TrainProgress], None]") -> "TrainResult":
+        if launch is not None:
+            return train_in_launched_group(config, launch, on_progress)
+        if nproc is not None and nproc > 1:
+            return train_processes(config, nproc, on_progress)
+        return train_model(config, on_progress)
 
     started: list[Path] = []
     with progress() as bar:
@@ -137,7 +165,7 @@ def train(
                 bar.reset(task, status="")
 
         try:
-            result = train_model(config, on_progress=show)
+            result = run_training(show)
         except KeyboardInterrupt:
             if started and (started[0] / RESUME_NAME).is_file():
                 info(f"stopped; the last finished epoch is saved. Continue with: "

@@ -12,7 +12,8 @@ import importlib
 from typing import Any
 
 _LAZY = {"DATASETS": "loaders", "DEFAULT_DATASET": "loaders", "load_dataset": "loaders",
-         "FASHION_MNIST_ROOT": "loaders", "ImageDataset": "base", "iterate_batches": "transforms"}
+         "FASHION_MNIST_ROOT": "loaders", "ImageDataset": "base", "iterate_batches": "transforms",
+         "iterate_shards": "transforms"}
 
 __all__ = sorted(_LAZY)
 

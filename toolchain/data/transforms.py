@@ -37,6 +37,29 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
                     generator: torch.Generator | None = None
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Normalised float32 batches (and labels) straight from the in-memory uint8 images."""
+    for images, labels in _uint8_batches(dataset, batch_size, shuffle, augment, crop_padding, generator):
+        yield dataset.normalize(images), labels
+
+
+def iterate_shards(dataset: ImageDataset, batch_size: int, rank: int, world_size: int, *,
+                   shuffle: bool = False, augment: bool = False, crop_padding: int = 4,
+                   generator: torch.Generator | None = None
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Rank ``rank``'s part of each batch `iterate_batches` would yield, and that whole batch's size.
+
+    Every rank draws the same global batches (same generator, same augmentation draws) and keeps a
+    disjoint contiguous slice of each (sizes differ by at most one), so ``world_size`` processes see
+    exactly the images and augmentations one process would, batch for batch.
+    """
+    for images, labels in _uint8_batches(dataset, batch_size, shuffle, augment, crop_padding, generator):
+        base, extra = divmod(len(labels), world_size)
+        start = rank * base + min(rank, extra)
+        stop = start + base + (rank < extra)
+        yield dataset.normalize(images[start:stop]), labels[start:stop], len(labels)
+
+
+def _uint8_batches(dataset: ImageDataset, batch_size: int, shuffle: bool, augment: bool, crop_padding: int,
+                   generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     generator = generator or torch.Generator().manual_seed(0)
     count = len(dataset)
     order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
@@ -45,4 +68,4 @@ def iterate_batches(dataset: ImageDataset, batch_size: int, *, shuffle: bool = F
         images = dataset.images[index]
         if augment:
             images = random_hflip(random_crop(images, crop_padding, generator), generator)
-        yield dataset.normalize(images), dataset.labels[index]
+        yield images, dataset.labels[index]

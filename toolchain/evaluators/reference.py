@@ -13,9 +13,10 @@ from toolchain.data import ImageDataset, iterate_batches
 def torch_logits(model: nn.Module, dataset: ImageDataset, batch_size: int = 256) -> np.ndarray:
     """Eval-mode logits of a torch model over a whole dataset, in dataset order."""
     was_training = model.training
+    device = next(model.parameters()).device  # a model trained on a GPU is evaluated there
     model.eval()
     try:
-        chunks = [model(images).numpy() for images, _ in iterate_batches(dataset, batch_size)]
+        chunks = [model(images.to(device)).cpu().numpy() for images, _ in iterate_batches(dataset, batch_size)]
     finally:
         model.train(was_training)
     return np.concatenate(chunks)

@@ -7,6 +7,10 @@ builds an HPS or Shallow SqueezeNext net with conv -> BN -> activation units ins
 conv -> activation -> BN: the same layers and parameter count, a departure from the papers for
 quantization-friendly training (the BN then normalises every conv output and folds into it). Families register themselves with
 `register_model`; any width the user types builds, unknown names fail with the closest matches.
+
+Any depth per stage builds too, for families whose builder takes one (``free_depth_stages``):
+``<family>-d<b1>.<b2>.<b3>.<b4>-<width>x[-bnfirst]`` (``hps-d1.2.1.1-0.25x``, what `toolchain sweep`
+explores). A depth the papers name resolves to the papers' name (``hps-d1.1.1.1-0.5x`` is ``hps-06-0.5x``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ Builder = Callable[..., nn.Module]
 _NAME_RE = re.compile(
     r"^(?P<family>[a-z][a-z0-9-]*?)-(?P<layers>\d{1,3})-(?P<width>\d+(?:\.\d+)?)x(?:-v(?P<version>\d+))?(?P<bnfirst>-bnfirst)?$"
 )
+_DEPTH_NAME_RE = re.compile(
+    r"^(?P<family>[a-z][a-z0-9-]*?)-d(?P<depth>\d{1,2}(?:\.\d{1,2})+)-(?P<width>\d+(?:\.\d+)?)x(?P<bnfirst>-bnfirst)?$"
+)
 MAX_WIDTH = 8.0
+MAX_BLOCKS_PER_STAGE = 32
 BN_FIRST_NOTE = (" -bnfirst: a departure from the papers: conv -> BN -> activation units (same layers and "
                  "parameters), so that BN normalises each conv output in training and folds into the conv; "
                  "the papers' order lets conv outputs drift and is hard to quantize when deep.")
@@ -76,6 +84,8 @@ class Family:
     configurations: tuple[str, ...] = ("cifar",)
     # whether a -bnfirst variant exists (families whose papers put the activation before the BN)
     bn_first_variant: bool = False
+    # stages of a builder that takes any depth per stage (``hps-d1.2.1.1-0.5x``); None: only ``configs``
+    free_depth_stages: int | None = None
 
     def versions(self, layers: int) -> list[DepthConfig]:
         return [c for c in self.configs if c.layers == layers]
@@ -148,6 +158,12 @@ def format_width(width: float) -> str:
     return f"{text}x"
 
 
+def depth_name(family: str, depth: Iterable[int], width: float, bn_first: bool = False) -> str:
+    """The name of a model by its depth per stage: ``hps-d1.2.1.1-0.25x`` (`resolve` turns a paper depth into its name)."""
+    return (f"{family}-d{'.'.join(str(int(blocks)) for blocks in depth)}-{format_width(width)}"
+            + ("-bnfirst" if bn_first else ""))
+
+
 def _canonical(family: Family, cfg: DepthConfig, width: float) -> str:
     name = f"{family.name}-{cfg.layers:02d}-{format_width(width)}"
     if len(family.versions(cfg.layers)) > 1:
@@ -174,7 +190,8 @@ def resolve(name: str, configuration: str | None = None) -> ModelSpec:
         spec = ModelSpec(name=fixed.name, family=fixed.name, description=fixed.description,
                          builder=fixed.builder, configurations=fixed.configurations)
         return _with_configuration(spec, configuration)
-    match = _NAME_RE.match(name)
+    depth_match = _DEPTH_NAME_RE.match(name)
+    match = depth_match or _NAME_RE.match(name)
     if not match or match.group("family") not in _FAMILIES:
         raise _unknown(raw)
     family = _FAMILIES[match.group("family")]
@@ -182,17 +199,20 @@ def resolve(name: str, configuration: str | None = None) -> ModelSpec:
     if bn_first and not family.bn_first_variant:
         raise UnknownModelError(f"{family.name} has no -bnfirst variant: its units are conv -> BN -> activation "
                                 "already", f"drop the suffix: {raw.strip().lower().removesuffix('-bnfirst')}")
-    layers = int(match.group("layers"))
     width = float(match.group("width"))
+    if not 0 < width <= MAX_WIDTH:
+        raise UnknownModelError(f"width {width} out of range in {raw!r}",
+                                f"use a width multiplier in (0, {MAX_WIDTH:g}], e.g. 0.5x or 1x")
+    if depth_match:
+        return _with_configuration(_free_depth_spec(family, depth_match.group("depth"), width, bn_first, raw),
+                                   configuration)
+    layers = int(match.group("layers"))
     candidates = family.versions(layers)
     if not candidates:
         valid = sorted({f"{family.name}-{c.layers:02d}" for c in family.configs})
         raise UnknownModelError(
             f"{family.name} has no {layers}-layer configuration",
             f"valid depths: {', '.join(valid)} (layers = sum of blocks per stage + 2)")
-    if not 0 < width <= MAX_WIDTH:
-        raise UnknownModelError(f"width {width} out of range in {raw!r}",
-                                f"use a width multiplier in (0, {MAX_WIDTH:g}], e.g. 0.5x or 1x")
     version_text = match.group("version")
     if version_text is None:
         default = family.default_versions.get(layers)
@@ -215,6 +235,31 @@ def resolve(name: str, configuration: str | None = None) -> ModelSpec:
                      layers=cfg.layers, width=width, version=cfg.version,
                      configurations=family.configurations, bn_first=bn_first)
     return _with_configuration(spec, configuration)
+
+
+def _free_depth_spec(family: Family, depth_text: str, width: float, bn_first: bool, raw: str) -> ModelSpec:
+    """The spec of ``<family>-d<b1>.<b2>...-<width>x``: the papers' name where a paper configuration has that depth."""
+    depth = tuple(int(part) for part in depth_text.split("."))
+    stages = family.free_depth_stages
+    if stages is None:
+        raise UnknownModelError(f"{family.name} builds only its papers' depths, not {raw.strip()!r}",
+                                f"use one of: {', '.join(sorted({_canonical(family, c, width) for c in family.configs}))}")
+    if len(depth) != stages or not all(1 <= blocks <= MAX_BLOCKS_PER_STAGE for blocks in depth):
+        raise UnknownModelError(f"{raw.strip()!r}: {family.name} takes {stages} stages of 1 to "
+                                f"{MAX_BLOCKS_PER_STAGE} blocks each",
+                                f"e.g. {depth_name(family.name, (1,) * stages, width)}")
+    same = [cfg for cfg in family.configs if cfg.depth == depth]
+    if len(same) == 1:  # a paper configuration: one name, one artifact folder
+        cfg = same[0]
+        name, layers, version = _canonical(family, cfg, width), cfg.layers, cfg.version
+    else:  # no paper names this depth (or several versions share it): the name says the depth
+        name, layers, version = depth_name(family.name, depth, width), sum(depth) + 2, None
+    description = family.description + (BN_FIRST_NOTE if bn_first else "")
+    if version is None:
+        description += f" Depth per stage {list(depth)}: a configuration of our own, no paper's."
+    return ModelSpec(name=name + ("-bnfirst" if bn_first else ""), family=family.name,
+                     description=description, builder=family.builder, depth=depth, layers=layers, width=width,
+                     version=version, configurations=family.configurations, bn_first=bn_first)
 
 
 def _with_configuration(spec: ModelSpec, configuration: str | None) -> ModelSpec:

@@ -189,6 +189,7 @@ SHALLOW = BlockStyle(activation=nn.ELU, activation_before_bn=True,
                      separable=((3, 1), (1, 3)), activate_shortcut=False, dropout=0.3)
 
 register_model(Family(
+    free_depth_stages=len(STAGE_CHANNELS),
     name="sqnxt",
     builder=_create(SQUEEZENEXT),
     description=(
@@ -203,6 +204,7 @@ register_model(Family(
 ))
 
 register_model(Family(
+    free_depth_stages=len(STAGE_CHANNELS),
     name="modified-sqnxt",
     builder=_create(MODIFIED_SQUEEZENEXT),
     description=(
@@ -215,6 +217,7 @@ register_model(Family(
 ))
 
 register_model(Family(
+    free_depth_stages=len(STAGE_CHANNELS),
     name="hps",
     builder=_create(HPS),
     description=(
@@ -230,6 +233,7 @@ register_model(Family(
 ))
 
 register_model(Family(
+    free_depth_stages=len(STAGE_CHANNELS),
     name="shallow",
     builder=_create(SHALLOW),
     description=(

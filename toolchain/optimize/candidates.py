@@ -89,9 +89,9 @@ def base_settings(artifact: Artifact, max_drop: float | None) -> QuantSettings:
     known = {item.name for item in dataclasses.fields(QuantSettings)}
     values = {key: value for key, value in recorded.items() if key in known}
     values["exclude_nodes"] = tuple(values.get("exclude_nodes") or ())
-    method = artifact.manifest.quantization.get("method")
-    if method:
-        values["method"] = method
+    for key in ("method", "format", "per_channel"):  # what the artifact's gate chose
+        if key in artifact.manifest.quantization:
+            values[key] = artifact.manifest.quantization[key]
     values["max_drop"] = artifact.manifest.accuracy.max_drop_pp if max_drop is None else max_drop
     settings = QuantSettings(**values)
     settings.validate()
@@ -133,7 +133,7 @@ def flavour_settings(base: QuantSettings, quant_format: str, activation_type: st
                      exclude: tuple[str, ...] = ()) -> QuantSettings:
     """A flavour of the artifact's settings: per-channel weights, 7-bit only where the host needs it (resolved)."""
     return dataclasses.replace(base, format=quant_format, activation_type=activation_type, per_channel=True,
-                               reduce_range=None,
+                               layout_pinned=True, reduce_range=None,
                                exclude_nodes=tuple(dict.fromkeys((*base.exclude_nodes, *exclude))))
 
 
@@ -147,7 +147,10 @@ def artifact_candidate(artifact: Artifact) -> Candidate:
     """The artifact's own INT8 file, as the candidate of its flavour."""
     manifest = artifact.manifest
     settings = dict(manifest.settings.get("quantization") or {})
-    settings["method"] = manifest.quantization.get("method", settings.get("method"))
+    # what the gate shipped: --method auto may have chosen the calibration, and the other format or weights
+    for key in ("method", "format", "per_channel"):
+        if key in manifest.quantization:
+            settings[key] = manifest.quantization[key]
     path = artifact.directory / INT8_NAME
     name = f"{INT8}-{flavour_name(settings['format'], settings['activation_type'])}"
     return Candidate(name, INT8, path, settings, tuple(manifest.kept_float), (),

@@ -25,8 +25,8 @@ class GatePass(Pass):
 
     name = "gate"
     # 2: exact ties of the top logits recorded; 3: --method auto tries more calibrations; 4: a fine-tune's drop is
-    # measured from the checkpoint it started from
-    version = 4
+    # measured from the checkpoint it started from; 5: auto also tries the other format and per-tensor weights
+    version = 5
 
     def config_record(self) -> dict[str, Any]:
         return {key: value for key, value in self.config.to_dict().items() if key in GATE_FIELDS}
@@ -75,7 +75,8 @@ class GatePass(Pass):
         gate = {"fp32_top1": fp32.top1, "int8_top1": int8.top1, **({"baseline": baseline} if baseline else {}), "drop_pp": drop, "max_drop_pp": settings.max_drop,
                 "eval_count": int(len(evaluation.labels)),
                 "gate_engaged": len(search.attempts) > 1 or len(calibrations) > 1,
-                "method": search.settings.method, "calibration_search": calibrations,
+                "method": search.settings.method, "format": search.settings.format,
+                "per_channel": search.settings.per_channel, "calibration_search": calibrations,
                 "kept_float": list(step.kept_float), "excluded_by_user": list(settings.exclude_nodes),
                 "quantizable_nodes": candidates, "steps": [item.to_dict() for item in search.steps()],
                 "sensitivity": [score.to_dict() for score in ranking[:max(10, len(step.kept_float))]],
@@ -88,6 +89,7 @@ class GatePass(Pass):
     def _calibration_search(self, search: "GateSearch", record: ModelRecord, context: "PassContext",
                             calibrations: list[dict]) -> "GateSearch":
         """Try the next calibrations of --method auto, all INT8, until one passes; else the best for the float search."""
+        from toolchain.passes.quantize import describe
         from toolchain.quantization.gate import GateSearch
         from toolchain.quantization.ort import calibrate
 
@@ -109,8 +111,21 @@ class GatePass(Pass):
             if attempt.first.drop_pp <= settings.max_drop:
                 return attempt
         best = min(searches, key=lambda item: item.first.drop_pp)
-        context.on_message(f"no calibration meets the gate with every node INT8; the best is {best.settings.method} "
-                           f"({best.first.drop_pp:.2f} pp)")
+        for layout in best.settings.layout_alternatives():  # the best ranges, another weight layout: no recalibration
+            context.on_message(f"no calibration meets the gate with every node INT8 ({describe(best.settings)}, best "
+                               f"{best.first.drop_pp:.2f} pp with {best.settings.method}): trying {describe(layout)}")
+            name = f"{layout.method}-{layout.format}-{'channel' if layout.per_channel else 'tensor'}"
+            attempt = GateSearch(search.prepared, best.cache, layout, search.images, search.labels, search.fp32_top1,
+                                 search.scratch / name, context.on_message, method_pinned=False)
+            attempt.scratch.mkdir(exist_ok=True)
+            attempt.attempt(())
+            calibrations.append(attempt.calibration_record(0.0))
+            searches.append(attempt)
+            if attempt.first.drop_pp <= settings.max_drop:
+                return attempt
+        best = min(searches, key=lambda item: item.first.drop_pp)
+        context.on_message(f"no calibration meets the gate with every node INT8; the best is {best.settings.method}, "
+                           f"{describe(best.settings)} ({best.first.drop_pp:.2f} pp)")
         return best
 
     def _search(self, search: "GateSearch", record: ModelRecord, context: "PassContext"

@@ -117,6 +117,9 @@ class QuantSettings:
     method: str = "auto"  # auto: the gate tries AUTO_METHODS in order; a method name pins one
     format: str = "qoperator"
     per_channel: bool = True
+    # False: --method auto may also try the other format and per-tensor weights (on the best calibration's
+    # ranges) when no calibration passes; --format / --per-channel / --per-tensor pin them
+    layout_pinned: bool = False
     activation_type: str = "uint8"
     reduce_range: bool | None = None  # None: on where this host's U8S8 kernels saturate (see resolved())
     exclude_nodes: tuple[str, ...] = ()
@@ -153,6 +156,14 @@ class QuantSettings:
     def calibration_methods(self) -> tuple[str, ...]:
         """The calibrations to try, in order: AUTO_METHODS for auto, else the one pinned."""
         return AUTO_METHODS if self.method == "auto" else (self.method,)
+
+    def layout_alternatives(self) -> list["QuantSettings"]:
+        """The other weight layouts --method auto tries when no calibration passes: the other format, then
+        the other weight granularity (none when pinned or when the method is pinned)."""
+        if self.layout_pinned:
+            return []
+        other = "qdq" if self.format == "qoperator" else "qoperator"
+        return [replace(self, format=other), replace(self, per_channel=not self.per_channel)]
 
     def with_method(self, method: str | None = None) -> "QuantSettings":
         """These settings with a concrete calibration method (default: the first to try)."""

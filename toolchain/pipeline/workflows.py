@@ -26,7 +26,7 @@ from toolchain import __version__
 from toolchain.artifacts import ArtifactStore, artifact_id
 from toolchain.data.imagesets import (DEFAULT_EVAL_COUNT, ImageSetDefinition, array_file_record, is_array_file,
                                       load_definition, resolve_calibration_arg)
-from toolchain.errors import AccuracyGateError, CalibrationError, CheckpointError, UsageError
+from toolchain.errors import AccuracyGateError, CalibrationError, CheckpointError, ParityError, UsageError
 from toolchain.manifest import Manifest, read_manifest
 from toolchain.pipeline.config import ExportSettings, QatSettings, QuantSettings
 from toolchain.pipeline.context import ImageSetSpec, Messages, PassContext, silent
@@ -391,11 +391,16 @@ def _export_after_qat(request: ExportRequest, failure: AccuracyGateError | None,
     on_message(("reusing the fine-tuned checkpoint " if tuned.reused else "fine-tuned: ") + str(tuned.checkpoint))
     try:
         return _export_once(replace(request, checkpoint=tuned.checkpoint, qat="off"), on_message, on_train_progress)
-    except AccuracyGateError as after:
+    except (AccuracyGateError, ParityError) as after:
         if not tuned.reused:  # a failed run leaves the store as it was: the fine-tune did not help
             _remove_qat_checkpoint(request.artifacts, tuned.checkpoint)
-        raise AccuracyGateError(f"{after.message}, after quantization-aware fine-tuning "
-                                f"({tuned.record.get('epochs_run', '?')} epoch(s))",
+        epochs = f"{tuned.record.get('epochs_run', '?')} epoch(s)"
+        if isinstance(after, ParityError):  # the fine-tune's own FP32 export is unusable: say what failed first
+            measured = f"; {failure.message}" if failure is not None else ""
+            raise ParityError(f"quantization-aware fine-tuning ({epochs}) left {checkpoint.name} numerically "
+                              f"unusable: {after.message}{measured}",
+                              failure.hint if failure is not None else after.hint) from None
+        raise AccuracyGateError(f"{after.message}, after quantization-aware fine-tuning ({epochs})",
                                 f"{after.hint}, or more QAT (--qat-epochs, --qat-images)") from None
 
 

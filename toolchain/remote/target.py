@@ -9,12 +9,14 @@ in their files and are referred to by path.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from toolchain.bench.settings import BenchDefaults
 from toolchain.errors import TargetConfigError
@@ -303,11 +305,35 @@ def resolve_profile(reference: str | Path | None = None, *, host: str | None = N
     return with_route(profile, config, path)
 
 
+# who is told of each transport opened in this context (a fleet run, to close them all on Ctrl-C)
+_transport_watch: contextvars.ContextVar[Callable[[Transport], None] | None] = contextvars.ContextVar(
+    "transport_watch", default=None)
+
+
+@contextmanager
+def watching_transports(on_open: Callable[[Transport], None]) -> Iterator[None]:
+    """Within the block (in this thread's context), `on_open` receives every transport `open_transport` makes;
+    it may raise to refuse one (a run being interrupted)."""
+    token = _transport_watch.set(on_open)
+    try:
+        yield
+    finally:
+        _transport_watch.reset(token)
+
+
 def open_transport(profile: TargetProfile, *, accept_new_host_key: bool = False) -> Transport:
     """The transport for a resolved profile (nothing connects until the first command).
 
     Jump hosts are checked like the target: the same known_hosts file, the same accept-new choice.
     """
+    transport = _new_transport(profile, accept_new_host_key)
+    watch = _transport_watch.get()
+    if watch is not None:
+        watch(transport)
+    return transport
+
+
+def _new_transport(profile: TargetProfile, accept_new_host_key: bool) -> Transport:
     if profile.is_local:
         return LocalTransport()
     common = dict(known_hosts=profile.known_hosts, accept_new_host_key=accept_new_host_key,

@@ -27,6 +27,8 @@ REPORT_SCHEMA = "toolchain.report/1"
 METRICS_NAME = "metrics.csv"  # toolchain.training.runs writes it beside each checkpoint (one row per epoch)
 EXPORT_CHECK = "export check"
 BENCH_SOURCE = "bench"
+# toolchain.sweep.study writes these (not imported from there: the report needs neither optuna nor ray)
+SWEEPS_DIR, SWEEP_SUMMARY, SWEEP_SCHEMA = "sweeps", "sweep.json", "toolchain.sweep/1"
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,9 @@ def _bench_rows(manifest: Manifest, records: list[tuple[Path, dict[str, Any]]], 
     rounds: dict[tuple, list[dict[str, Any]]] = {}
     for path, document in records:
         target = document.get("artifact", {}).get("target") or document.get("remote", {}).get("profile") or "local"
+        remote = document.get("remote") if isinstance(document.get("remote"), dict) else {}
+        # which machine: a fleet's inventory name, else the address (hosts of one profile stay apart)
+        machine = remote.get("host") or remote.get("address")
         agreed = {(item.get("variant"), item.get("threads"), item.get("batch")): item.get("agreement_pct")
                   for item in document.get("agreement", []) if isinstance(item, dict)}
         compute = document.get("compute") if isinstance(document.get("compute"), dict) else {}
@@ -169,7 +174,7 @@ def _bench_rows(manifest: Manifest, records: list[tuple[Path, dict[str, Any]]], 
                     else achieved(macs, entry["batch"], latency, value) if macs else {"gflops": None,
                                                                                       "pct_of_peak": None})
             host = manifest.accuracy.variant(entry["variant"])
-            row = {"target": target, "source": BENCH_SOURCE, "hostname": facts["hostname"], "arch": facts["arch"],
+            row = {"target": target, "host": machine, "source": BENCH_SOURCE, "hostname": facts["hostname"], "arch": facts["arch"],
                    "cpu": facts["cpu_model"], "cores": facts["cores"], "onnxruntime": facts["onnxruntime"],
                    "emulated": facts["emulated"], "variant": entry["variant"], "threads": entry["threads"],
                    "batch": entry["batch"], "p50_ms": latency["p50"], "p90_ms": latency["p90"],
@@ -180,7 +185,7 @@ def _bench_rows(manifest: Manifest, records: list[tuple[Path, dict[str, Any]]], 
                    "gflops": rate["gflops"], "pct_of_peak": rate["pct_of_peak"],
                    "peak_source": peak.source if peak else None, "peak_method": peak.method if peak else
                    compute.get("peak_note"), "created": document.get("created"), "record": str(path)}
-            rounds.setdefault((target, entry["variant"], entry["threads"], entry["batch"]), []).append(row)
+            rounds.setdefault((target, machine, entry["variant"], entry["threads"], entry["batch"]), []).append(row)
     rows = []
     for series in rounds.values():
         newest = dict(series[-1])
@@ -200,7 +205,7 @@ def _export_rows(manifest: Manifest, macs: int | None) -> list[dict[str, Any]]:
         threads, batch = latency.get("threads"), latency.get("batch") or 1
         rate = achieved(macs, batch, timing, None) if macs else {"gflops": None, "pct_of_peak": None}
         host = manifest.accuracy.variant(variant)
-        rows.append({"target": "local", "source": EXPORT_CHECK, "hostname": None, "arch": None,
+        rows.append({"target": "local", "host": None, "source": EXPORT_CHECK, "hostname": None, "arch": None,
                      "cpu": latency.get("cpu"), "cores": None, "onnxruntime": manifest.versions.get("onnxruntime"),
                      "emulated": False, "variant": variant, "threads": threads, "batch": batch,
                      "p50_ms": timing["p50"], "p90_ms": timing.get("p90"), "p99_ms": timing.get("p99"),
@@ -258,4 +263,30 @@ def collect(root: Path, filters: Filters = Filters()) -> dict[str, Any]:
     entries.sort(key=lambda entry: entry["created"], reverse=True)
     entries.sort(key=lambda entry: entry["model"])  # stable: newest first within a model
     return {"schema": REPORT_SCHEMA, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "artifacts": str(root), "filters": filters.to_json(), "models": entries}
+            "artifacts": str(root), "filters": filters.to_json(), "models": entries, "sweeps": sweeps(root)}
+
+
+def sweeps(root: Path) -> list[dict[str, Any]]:
+    """Every sweep of the store (``sweeps/<name>/sweep.json``, written by `toolchain sweep`), by name."""
+    from toolchain.sweep.pareto import pareto_front
+
+    found = []
+    for path in sorted((root / SWEEPS_DIR).glob(f"*/{SWEEP_SUMMARY}")):
+        try:
+            document = json.loads(path.read_text())
+        except OSError as exc:
+            raise ArtifactError(f"cannot read sweep summary {path}: {exc.strerror or exc}",
+                                "check its permissions") from None
+        except ValueError as exc:
+            raise ArtifactError(f"sweep summary {path} is not valid JSON: {exc}",
+                                "write it again: toolchain sweep show SPACE.toml") from None
+        if not isinstance(document, dict) or document.get("schema") != SWEEP_SCHEMA or not isinstance(
+                document.get("trials"), list):
+            raise ArtifactError(f"{path} is not a sweep summary", "write it again: toolchain sweep show SPACE.toml")
+        # the front is computed here from the stored trials, not taken from the file
+        complete = {trial["number"]: [trial["values"][key] for key in document["objectives"]]
+                    for trial in document["trials"] if trial.get("state") == "COMPLETE" and trial.get("values")}
+        document["pareto"] = pareto_front(complete, document["directions"])
+        document["summary_file"] = str(path)
+        found.append(document)
+    return found

@@ -5,6 +5,7 @@ Builds on the documents of toolchain.report.collect / compare / paper; renders n
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 from toolchain.report.render import DASH, Block, Cell, Heading, Notes, Plot, TableBlock, fmt
@@ -201,6 +202,42 @@ def _overview(document: dict[str, Any]) -> TableBlock:
                       rows, role="overview")
 
 
+HOST_COLUMNS = ["host", "model", "artifact", "profile", "CPU", "onnxruntime", "threads", "FP32 p50 ms", "INT8 p50 ms",
+                "INT8 img/s", "INT8 agree %", "measured"]
+
+
+def _hosts_view(document: dict[str, Any]) -> TableBlock | None:
+    """Per host (a fleet's inventory name, else its address): the newest bench of each model there."""
+    newest: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for entry in document["models"]:
+        for row in entry["measurements"]:
+            if row["source"] != "bench" or not row.get("host"):
+                continue
+            key = (row["host"], entry["model"])
+            known = newest.get(key)
+            if known is None or str(row["created"]) > str(known[0][1]["created"]):
+                newest[key] = [(entry, row)]
+            elif str(row["created"]) == str(known[0][1]["created"]):
+                known.append((entry, row))
+    if not newest:
+        return None
+    rows = []
+    for (host, model), found in sorted(newest.items(), key=lambda item: item[0]):
+        entry = found[0][0]
+        for threads in sorted({row["threads"] for _, row in found}):
+            variant = {row["variant"]: row for _, row in found if row["threads"] == threads}
+            any_row = next(iter(variant.values()))
+            emulated = bool(any_row["emulated"])
+            int8 = variant.get("int8")
+            rows.append([host, model, entry["artifact_id"], any_row["target"], any_row["cpu"], any_row["onnxruntime"],
+                         threads, _time(variant["fp32"]["p50_ms"], emulated) if "fp32" in variant else DASH,
+                         _time(int8["p50_ms"], emulated) if int8 else DASH,
+                         Cell(fmt(int8["throughput_ips"], 1), emulated=emulated) if int8 else DASH,
+                         fmt(int8["agreement_pct"]) if int8 else DASH, any_row["created"]])
+    return TableBlock("Per host: the newest bench of each model on each host (fleet runs name hosts by inventory)",
+                      HOST_COLUMNS, rows, role="hosts")
+
+
 def _pareto_plots(document: dict[str, Any]) -> list[Plot]:
     by_target: dict[str, dict[str, Series]] = {}
     emulated: set[str] = set()
@@ -276,8 +313,64 @@ def report_blocks(document: dict[str, Any]) -> list[Block]:
                                   "— : the records hold no such figure"]),
                            Heading("Plots", 2, "plots"), *_pareto_plots(document), _size_plot(document),
                            *_thread_plots(document)]
+    hosts = _hosts_view(document)
+    if hosts is not None:
+        blocks[3:3] = [Heading("Hosts", 2, "hosts"), hosts]
+    for sweep in document.get("sweeps", []):
+        blocks += sweep_blocks(sweep, {entry["artifact_id"] for entry in document["models"]})
     for entry in document["models"]:
         blocks += _artifact_blocks(entry)
+    return blocks
+
+
+SWEEP_COLUMNS = ["trial", "state", "model", "depth", "width", "unit order", "method", "format", "activations",
+                 "per-channel", "INT8 top-1 %", "p50 ms", "INT8 KiB", "Pareto", "artifact", "error"]
+
+
+def sweep_blocks(sweep: dict[str, Any], shown: set[str]) -> list[Block]:
+    """A sweep: every trial (a repeat of a point already run is counted, not listed) and its Pareto front."""
+    front = set(sweep["pareto"])
+    rows: list[list[Any]] = []
+    points: dict[bool, list[Point]] = {True: [], False: []}
+    repeats = 0
+    for trial in sweep["trials"]:
+        if trial["state"] == "PRUNED":
+            repeats += 1
+            continue
+        params, values = trial["params"], trial.get("values") or {}
+        artifact_id = Path(trial["artifact"]).name if trial.get("artifact") else None
+        link = Cell(artifact_id, href=f"#a-{artifact_id}" if artifact_id in shown else None) if artifact_id else DASH
+        rows.append([trial["number"], trial["state"], trial.get("model") or DASH, params.get("depth"),
+                     params.get("width"), params.get("unit_order"), params.get("method"), params.get("format"),
+                     params.get("activation_type"), params.get("per_channel"), values.get("top1_pct"),
+                     fmt(values.get("p50_ms"), 3), values["int8_bytes"] / 1024 if values else None,
+                     "yes" if trial["number"] in front else "no", link,
+                     (trial.get("error") or DASH) if trial["state"] != "COMPLETE" else DASH])
+        if values:
+            on_front = trial["number"] in front
+            points[on_front].append(Point(values["p50_ms"], values["top1_pct"],
+                                          f"trial {trial['number']} {trial.get('model')}: {values['p50_ms']:.3f} ms, "
+                                          f"{values['top1_pct']:.2f} %, {values['int8_bytes'] / 1024:.1f} KiB",
+                                          f"#{trial['number']} {trial.get('model') or ''}"))
+    target = next((t["details"].get("target") for t in sweep["trials"] if t.get("details", {}).get("target")), None)
+    counts = sweep.get("counts", {})
+    blocks: list[Block] = [
+        Heading(f"Sweep {sweep['name']}", 2, f"sweep-{sweep['name']}"),
+        Notes([f"{counts.get('COMPLETE', 0)} complete, {counts.get('FAIL', 0)} failed"
+               + (f", {repeats} repeat(s) of points already run (not run again)" if repeats else "")
+               + f"; study {sweep['storage']}",
+               "objectives: INT8 top-1 on the artifact's eval set (up), INT8 p50 latency at batch 1 (down), "
+               f"INT8 ONNX size (down), measured on {target or DASH}; the Pareto front is computed from the stored "
+               "trials: no other trial is at least as good on all three and better on one"]),
+        TableBlock(f"sweep {sweep['name']}: every trial", SWEEP_COLUMNS, rows or [[DASH] * len(SWEEP_COLUMNS)],
+                   role="sweep-trials")]
+    series = [Series(name, found) for name, found in (("Pareto front", points[True]), ("dominated", points[False]))
+              if found]
+    if series:
+        blocks.append(Plot(scatter(f"sweep {sweep['name']}: top-1 vs p50 latency ({target or 'target'})",
+                                   "INT8 p50 ms", "INT8 top-1 %", series, front=False, role="sweep-pareto"),
+                           "each point a COMPLETE trial; 'Pareto front' over all three objectives (size too), "
+                           "so a front point may look beaten here by a larger model"))
     return blocks
 
 

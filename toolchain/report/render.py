@@ -58,6 +58,7 @@ class Cell:
     text: str
     emulated: bool = False
     flag: str | None = None  # "regression", "improvement"
+    href: str | None = None  # a link in the HTML page (an anchor of the same page: "#a-<artifact id>")
 
     @property
     def plain(self) -> str:
@@ -203,8 +204,11 @@ def html_page(title: str, subtitle: str, blocks: Sequence[Block], nav: Sequence[
                     item = cell(value)
                     classes = " ".join(name for name in ("num" if index in numeric else "", item.flag or "") if name)
                     mark = ' <span class="emu">emulated</span>' if item.emulated and item.text != DASH else ""
+                    text = escape(clean(item.text))
+                    if item.href and item.href.startswith("#"):  # links within the page only: it needs no network
+                        text = f'<a href="{escape(item.href)}">{text}</a>'
                     cells.append(f'<td{f" class={chr(34)}{classes}{chr(34)}" if classes else ""}>'
-                                 f"{escape(clean(item.text))}{mark}</td>")
+                                 f"{text}{mark}</td>")
                 body.append("<tr>" + "".join(cells) + "</tr>")
             out.append(f'<div class="scroll"><table data-table="{escape(block.role)}"><caption>'
                        f"{escape(clean(block.title))}</caption><thead><tr>{head}</tr></thead><tbody>"

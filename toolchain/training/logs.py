@@ -15,14 +15,20 @@ def metrics_csv(history: list["EpochMetrics"], top5: bool) -> bytes:
     columns = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_top1"]
     columns += ["test_top5"] if top5 else []
     columns += ["seconds", "images_per_s"]
+    # several processes: how many, and each one's own images/s by rank ("612.3 598.1"); 1 and empty for
+    # the epochs a resumed run trained on one process
+    distributed = any(row.process_images_per_s for row in history)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(columns)
+    writer.writerow(columns + (["processes", "process_images_per_s"] if distributed else []))
     for row in history:
         values = asdict(row)
-        writer.writerow([values["epoch"], f"{values['lr']:.6g}"]
-                        + [f"{values[c]:.4f}" for c in columns[2:-2]]
-                        + [f"{values['seconds']:.2f}", f"{values['images_per_s']:.1f}"])
+        cells = ([values["epoch"], f"{values['lr']:.6g}"] + [f"{values[c]:.4f}" for c in columns[2:-2]]
+                 + [f"{values['seconds']:.2f}", f"{values['images_per_s']:.1f}"])
+        if distributed:
+            rates = row.process_images_per_s or ()
+            cells += [len(rates) or 1, " ".join(f"{rate:.1f}" for rate in rates)]
+        writer.writerow(cells)
     return text.getvalue().encode()
 
 

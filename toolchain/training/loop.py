@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import MultiStepLR
 
 from toolchain.training.checkpoints import CHECKPOINT_NAME, CheckpointInfo, load_checkpoint
-from toolchain.data import ImageDataset, iterate_batches, load_dataset
+from toolchain.data import ImageDataset, iterate_batches, iterate_shards, load_dataset
 from toolchain.errors import CheckpointError, DatasetError, TrainingError, UsageError
 from toolchain.evaluators.accuracy import Accuracy, accuracy_from_logits
 from toolchain.evaluators.reference import torch_logits
@@ -36,6 +36,9 @@ from toolchain.training.runs import (CURVES_NAME, METRICS_NAME, RESUME_NAME, new
                                     resume_file, save_epoch)
 from toolchain.models import resolve
 from toolchain.training.optim import build_optimizer, optimizer_arguments, optimizer_spec
+
+if TYPE_CHECKING:
+    from toolchain.training.distributed import ProcessGroup
 
 # The running loss is read (one sync) about this many times per epoch, not after every batch.
 READS_PER_EPOCH = 100
@@ -68,13 +71,19 @@ class TrainConfig:
     eval_limit: int | None = None  # evaluate each epoch on this many test images
     augment: bool = True  # random crop (pad 4) + horizontal flip
     seed: int = 0
-    threads: int | None = None  # torch intra-op threads
+    threads: int | None = None  # torch intra-op threads (per process; default with --nproc: cores / processes)
+    device: str = "auto"  # auto (CUDA when torch sees a GPU), cpu or cuda
     artifacts: Path = Path("artifacts")  # run folder: artifacts/train/<model>/<dataset>/<run-id>/
     run_dir: Path | None = None  # explicit run folder instead
     resume: Path | None = None  # a resume.pt (or its run folder) to continue exactly
 
     def validate(self) -> None:
         """Fail with a usage error naming the option if a setting cannot work."""
+        from toolchain.training.distributed import DEVICES
+
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}",
+                             "pass --device auto (CUDA when there is a GPU), cpu or cuda")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "train_limit": self.train_limit,
                     "eval_limit": self.eval_limit, "threads": self.threads}
         for name, value in positive.items():
@@ -118,7 +127,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EpochMetrics:
     """One row of metrics.csv: what an epoch did. ``seconds`` covers training and evaluation;
-    ``images_per_s`` is the training throughput."""
+    ``images_per_s`` is the training throughput (of all processes together); ``process_images_per_s``
+    each process's own, by rank, when several trained (None on one process)."""
 
     epoch: int
     lr: float
@@ -129,6 +139,7 @@ class EpochMetrics:
     test_top5: float | None
     seconds: float
     images_per_s: float
+    process_images_per_s: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,9 @@ class TrainPlan:
     gamma: float
     threads: int
     run_dir: Path
+    processes: int = 1
+    device: str = "cpu"
+    backend: str | None = None  # gloo or nccl with several processes
 
 
 @dataclass(frozen=True)
@@ -200,25 +214,29 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class EpochStats:
-    """Running totals of a pass over training batches."""
+    """Running totals of a pass over training batches (of every process, with several)."""
 
     loss: float
     accuracy: float
     images: int
     seconds: float
+    process_images_per_s: tuple[float, ...] | None = None
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
-def fit_batches(model: nn.Module, optimizer: Optimizer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+def fit_batches(model: nn.Module, optimizer: Optimizer, batches: Iterable[tuple[torch.Tensor, ...]],
                 total: int, epoch: int = 1,
-                on_batch: Callable[[int, EpochStats], None] | None = None) -> EpochStats:
+                on_batch: Callable[[int, EpochStats], None] | None = None,
+                group: "ProcessGroup | None" = None) -> EpochStats:
     """One training pass over ``batches`` (``total`` of them): cross-entropy, backward, step.
 
     Loss and accuracy accumulate in tensors and are read about `READS_PER_EPOCH` times per pass;
     each read checks the loss is finite and calls ``on_batch(batch_number, stats)``.
+    With a ``group`` (``model`` wrapped in DistributedDataParallel), ``batches`` are this rank's
+    `iterate_shards` (inputs, labels, images in the whole batch) and every read sums over the ranks.
     """
     model.train()
     read_every = max(1, total // READS_PER_EPOCH)
@@ -226,17 +244,24 @@ def fit_batches(model: nn.Module, optimizer: Optimizer, batches: Iterable[tuple[
     correct = torch.zeros((), dtype=torch.int64)
     images, index = 0, 0
     start = time.perf_counter()
-    for index, (inputs, labels) in enumerate(batches, 1):
+    for index, (inputs, labels, *whole) in enumerate(batches, 1):
         optimizer.zero_grad(set_to_none=True)
         logits = model(inputs)
-        loss = F.cross_entropy(logits, labels)
+        if group is None:
+            loss = F.cross_entropy(logits, labels)
+            loss_sum += loss.detach().cpu() * len(labels)
+        else:
+            # this shard's share of the whole batch's mean: DDP averages the ranks' gradients, so the
+            # step is the one-process step even where the shards differ in size by one image
+            summed = F.cross_entropy(logits, labels, reduction="sum")
+            loss = summed * (group.world_size / whole[0])
+            loss_sum += summed.detach().cpu()
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.detach().argmax(1) == labels).sum()
+        correct += (logits.detach().argmax(1) == labels).sum().cpu()
         images += len(labels)
         if index % read_every == 0 or index == total:
-            stats = _running_stats(loss_sum, correct, images, start)
+            stats = _running_stats(loss_sum, correct, images, start, group)
             if not math.isfinite(stats.loss):
                 lr = optimizer.param_groups[0]["lr"]
                 raise TrainingError(f"training diverged in epoch {epoch} (batch {index}): "
@@ -246,10 +271,20 @@ def fit_batches(model: nn.Module, optimizer: Optimizer, batches: Iterable[tuple[
                 on_batch(index, stats)
     if images == 0:
         raise TrainingError("no training batches", "the training set is empty")
-    return _running_stats(loss_sum, correct, images, start)
+    final = _running_stats(loss_sum, correct, images, start, group)
+    if group is None:
+        return final
+    own = torch.zeros(group.world_size, dtype=torch.float64)
+    own[group.rank] = images / final.seconds
+    return replace(final, process_images_per_s=tuple(group.sum(own).tolist()))
 
 
-def _running_stats(loss_sum: torch.Tensor, correct: torch.Tensor, images: int, start: float) -> EpochStats:
+def _running_stats(loss_sum: torch.Tensor, correct: torch.Tensor, images: int, start: float,
+                   group: "ProcessGroup | None" = None) -> EpochStats:
+    if group is not None:
+        totals = group.sum(torch.stack([loss_sum, correct.to(torch.float64),
+                                        torch.tensor(float(images), dtype=torch.float64)]))
+        loss_sum, correct, images = totals[0], totals[1], int(totals[2].item())
     return EpochStats(loss=loss_sum.item() / images, accuracy=100.0 * correct.item() / images,
                       images=images, seconds=time.perf_counter() - start)
 
@@ -262,8 +297,14 @@ def resumed_config(path: Path, **changes: Any) -> TrainConfig:
 
 def train_model(config: TrainConfig,
                 on_progress: Callable[[TrainProgress], None] | None = None) -> TrainResult:
-    """Train (or, with ``config.resume``, continue) a model; returns the final checkpoint and history."""
+    """Train (or, with ``config.resume``, continue) a model; returns the final checkpoint and history.
+
+    One process, on the GPU where torch sees one (``config.device``); several: `train_processes`.
+    """
+    from toolchain.training.distributed import select_device
+
     config.validate()
+    _, device = select_device(config.device, torch.cuda.is_available(), torch.cuda.device_count())
     saved = read_resume(config.resume) if config.resume is not None else None
     if saved is not None:
         _check_same_run(config, TrainConfig.from_dict(saved["config"]), resume_file(config.resume))
@@ -271,15 +312,50 @@ def train_model(config: TrainConfig,
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, saved, on_progress or (lambda event: None))
+        return _train(config, saved, on_progress or (lambda event: None), device, None)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(config: TrainConfig, saved: dict[str, Any] | None,
-           emit: Callable[[TrainProgress], None]) -> TrainResult:
+def train_rank(config: TrainConfig, group: "ProcessGroup",
+               on_progress: Callable[[TrainProgress], None] | None = None) -> TrainResult | None:
+    """Train as one rank of ``group`` (DistributedDataParallel); rank 0 returns the result, the others None.
+
+    Rank 0 alone reads the resume file (and sends its state to the others), evaluates and writes.
+    """
+    from toolchain.training.distributed import available_cores, threads_per_process
+
+    config.validate()
+    shared: dict[str, Any] = {}
+    if group.is_main:
+        try:
+            saved = read_resume(config.resume) if config.resume is not None else None
+            if saved is not None:
+                _check_same_run(config, TrainConfig.from_dict(saved["config"]), resume_file(config.resume))
+            shared = {"saved": saved}
+        except (TrainingError, UsageError) as error:
+            shared = {"error": (type(error).__name__, error.message, error.hint)}
+            group.broadcast(shared)
+            raise
+    shared = group.broadcast(shared)
+    if "error" in shared:  # rank 0 raised it already: the others stop with the same words
+        kind, message, hint = shared["error"]
+        raise (UsageError if kind == "UsageError" else TrainingError)(message, hint)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.threads or threads_per_process(available_cores(), group.local_world_size))
+    try:
+        return _train(config, shared["saved"], on_progress or (lambda event: None), group.device, group)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(config: TrainConfig, saved: dict[str, Any] | None, emit: Callable[[TrainProgress], None],
+           device: str, group: "ProcessGroup | None") -> TrainResult | None:
+    main = group is None or group.is_main
     spec = resolve(config.model)
     train_set, test_set = _load_data(config)
+    if group is not None:
+        _check_shards(train_set, config.batch_size, group.world_size)
     torch.manual_seed(config.seed)
     model = spec.build(num_classes=train_set.num_classes, in_channels=train_set.channels)
     settings = optimizer_arguments(config.optimizer, config.lr, config.momentum, config.nesterov,
@@ -291,27 +367,41 @@ def _train(config: TrainConfig, saved: dict[str, Any] | None,
     history: list[EpochMetrics] = []
     start_epoch = 0
     if saved is not None:
-        run_dir = resume_file(config.resume).parent
+        # ranks above 0 never open the run folder (on another host it is not there): the path names it
+        run_dir = resume_file(config.resume).parent if main else Path(config.resume)
         start_epoch = restore(saved, model, optimizer, scheduler, generator, history, run_dir)
     else:
-        run_dir = new_run_dir(config, spec.name)
+        run_dir = new_run_dir(config, spec.name) if main else Path()
+    model.to(device)  # after restore: the optimizer's state follows its parameters' device on load
+    trained: nn.Module = model
+    if group is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=None if device == "cpu" else [group.local_rank])
+    processes = 1 if group is None else group.world_size
     plan = TrainPlan(model=spec.name, dataset=train_set.name, train_images=len(train_set),
                      eval_images=len(test_set), num_classes=train_set.num_classes,
                      in_channels=train_set.channels, start_epoch=start_epoch, epochs=config.epochs,
                      optimizer=optimizer_spec(config.optimizer).name, optimizer_settings=settings,
                      milestone_epochs=config.milestone_epochs(), gamma=config.gamma,
-                     threads=torch.get_num_threads(), run_dir=run_dir)
+                     threads=torch.get_num_threads(), run_dir=run_dir, processes=processes, device=device,
+                     backend=None if group is None else group.backend)
     batches = math.ceil(len(train_set) / config.batch_size)
     emit(TrainProgress(start_epoch, config.epochs, 0, batches, math.nan, math.nan, 0.0, None, "start",
                        plan=plan))
     training_record = {**config.to_dict(), "optimizer_name": plan.optimizer, "optimizer_settings": settings,
                        "milestone_epochs": plan.milestone_epochs, "train_images": plan.train_images,
-                       "eval_images": plan.eval_images, "threads": plan.threads}
+                       "eval_images": plan.eval_images, "threads": plan.threads, "processes": processes,
+                       "device": device, "backend": plan.backend}
     eval_seconds = 0.0
     info = None
     for epoch in range(start_epoch + 1, config.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         epoch_start = time.perf_counter()
+        if not main:
+            # dropout draws from the global generator: each rank its own stream (rank 0's is the saved
+            # one), set from (seed, epoch, rank) so that a resumed run draws what the first would have
+            torch.manual_seed(hash((config.seed, epoch, group.rank)) & 0x7FFF_FFFF_FFFF_FFFF)
 
         def report(batch: int, stats: EpochStats, epoch: int = epoch) -> None:
             remaining = len(train_set) - stats.images + (config.epochs - epoch) * len(train_set)
@@ -319,25 +409,51 @@ def _train(config: TrainConfig, saved: dict[str, Any] | None,
             emit(TrainProgress(epoch, config.epochs, batch, batches, stats.loss, stats.accuracy,
                                stats.images_per_s, eta, "train"))
 
-        shuffled = iterate_batches(train_set, config.batch_size, shuffle=True, augment=config.augment,
-                                   generator=generator)
-        stats = fit_batches(model, optimizer, shuffled, total=batches, epoch=epoch, on_batch=report)
+        if group is None:
+            shuffled = iterate_batches(train_set, config.batch_size, shuffle=True, augment=config.augment,
+                                       generator=generator)
+        else:
+            shuffled = iterate_shards(train_set, config.batch_size, group.rank, group.world_size, shuffle=True,
+                                      augment=config.augment, generator=generator)
+        stats = fit_batches(trained, optimizer, _on_device(shuffled, device), total=batches, epoch=epoch,
+                            on_batch=report if main else None, group=group)
+        scheduler.step()
+        if not main:  # rank 0 evaluates and saves; the others go on and wait for it in the next step
+            continue
         emit(TrainProgress(epoch, config.epochs, batches, batches, stats.loss, stats.accuracy,
                            stats.images_per_s, None, "eval"))
         eval_start = time.perf_counter()
         test_loss, accuracy = evaluate_with_loss(model, test_set)
         eval_seconds = time.perf_counter() - eval_start
-        scheduler.step()
         metrics = EpochMetrics(epoch=epoch, lr=lr, train_loss=stats.loss, train_acc=stats.accuracy,
                                test_loss=test_loss, test_top1=accuracy.top1, test_top5=accuracy.top5,
-                               seconds=time.perf_counter() - epoch_start, images_per_s=stats.images_per_s)
+                               seconds=time.perf_counter() - epoch_start, images_per_s=stats.images_per_s,
+                               process_images_per_s=stats.process_images_per_s)
         history.append(metrics)
         info = save_epoch(run_dir, model, optimizer, scheduler, generator, history, config,
                            spec.name, train_set, training_record)
         eta = (config.epochs - epoch) * metrics.seconds
         emit(TrainProgress(epoch, config.epochs, batches, batches, stats.loss, stats.accuracy,
                            stats.images_per_s, eta, "epoch", metrics=metrics))
+    if not main:
+        return None
     return TrainResult(run_dir=run_dir, checkpoint=run_dir / CHECKPOINT_NAME, info=info, history=history)
+
+
+def _on_device(batches: Iterable[tuple[Any, ...]], device: str) -> Iterator[tuple[Any, ...]]:
+    for batch in batches:
+        yield batch if device == "cpu" else tuple(
+            part.to(device, non_blocking=True) if isinstance(part, torch.Tensor) else part for part in batch)
+
+
+def _check_shards(train_set: ImageDataset, batch_size: int, world_size: int) -> None:
+    last = len(train_set) % batch_size or batch_size
+    smallest = min(batch_size, last, len(train_set))
+    if smallest < world_size:
+        raise UsageError(f"a batch of {smallest} image(s) cannot be shared by {world_size} processes "
+                         f"({len(train_set)} training images in batches of {batch_size})",
+                         "pass a --batch-size (or --train-limit) that leaves every batch at least one image "
+                         "per process, or fewer processes")
 
 
 def evaluate_with_loss(model: nn.Module, dataset: ImageDataset, batch_size: int = 256

@@ -166,6 +166,10 @@ class Transport(ABC):
     def close(self) -> None:
         """Release the connection; safe to call twice."""
 
+    def cancel(self) -> None:
+        """Close the connection from another thread and refuse to open it again (a fleet run's Ctrl-C)."""
+        self.close()
+
     def __enter__(self) -> "Transport":
         return self
 

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import select
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,8 @@ __all__ = ["SSHSettings", "SSHTransport"]
 _HOST_DEADLINE_GRACE_S = TIMEOUT_KILL_AFTER_S + 10.0
 _POLL_S = 0.25
 _CHUNK = 32768
+# the SFTP version exchange is one round trip; a subsystem silent this long is treated as missing
+SFTP_START_TIMEOUT = 30.0
 
 
 class _SSHBackground(BackgroundCommand):
@@ -104,6 +107,7 @@ class SSHTransport(Transport):
         self._sftp: paramiko.SFTPClient | None = None
         #: the server has no SFTP subsystem: files go over exec channels
         self.sftp_missing = False
+        self._cancelled = False
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -112,6 +116,9 @@ class SSHTransport(Transport):
         self._connected()
 
     def _connected(self) -> "paramiko.SSHClient":
+        if self._cancelled:
+            raise ConnectionDroppedError(f"the connection to {self.target} was closed: the run was interrupted",
+                                         "rerun the command (finished steps are kept)")
         if self._client is not None:
             if self._alive():
                 return self._client
@@ -142,7 +149,12 @@ class SSHTransport(Transport):
             self._watch.stop()
         for each in [client, *reversed(hops)]:
             if each is not None:
+                link = each.get_transport()
                 each.close()
+                # paramiko's reader thread holds the socket until its current read times out (0.1 s): wait for it,
+                # so that a closed transport's TCP connection is really gone (a fleet's --forks counts on that)
+                if link is not None and link is not threading.current_thread():
+                    link.join(timeout=1.0)
 
     def _alive(self) -> bool:
         transport = self._client.get_transport() if self._client is not None else None
@@ -291,9 +303,18 @@ class SSHTransport(Transport):
             return None
         if self._sftp is None or not self._alive():
             client = self._connected()
+            channel = None
             try:
-                self._sftp = client.open_sftp()
+                # opened by hand to bound the version exchange: paramiko's open_sftp() waits without a timeout,
+                # and a server whose subsystem never answers (seen: dropbear without sftp-server behind a jump
+                # host, under load) hung `deploy` for good; timed out, the copy streams over exec instead
+                channel = client.get_transport().open_session(timeout=self.settings.connect_timeout)
+                channel.settimeout(min(self.settings.stall_timeout, SFTP_START_TIMEOUT))
+                channel.invoke_subsystem("sftp")
+                self._sftp = paramiko.SFTPClient(channel)
             except (paramiko.SSHException, OSError, EOFError):
+                if channel is not None:
+                    channel.close()
                 # a server without the subsystem refuses it or closes the channel; the connection stays
                 if not self._still_connected():
                     raise self._dropped("SFTP start") from None
@@ -349,4 +370,10 @@ class SSHTransport(Transport):
         return len(data)
 
     def close(self) -> None:
+        self._drop_client()
+
+    def cancel(self) -> None:
+        # a command blocked on a channel of this connection sees it close and raises ConnectionDroppedError;
+        # the target's lock helper sees its stdin close and gives the lock up
+        self._cancelled = True
         self._drop_client()

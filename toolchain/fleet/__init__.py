@@ -1,0 +1,1 @@
+"""Fleets: Ansible-style inventories, and deploy/bench on many targets at once (toolchain fleet)."""
