@@ -99,11 +99,12 @@ def prepare_for_quantization(source: Path, destination: Path, name: str | None =
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    source, destination = Path(source).resolve(), Path(destination).resolve()  # before the cwd changes
     try:
         # in a scratch cwd: ORT's symbolic shape inference, when incomplete, saves sym_shape_infer_temp.onnx and
         # its external .data files into the current folder (it left them in users' folders and this repo)
         with tempfile.TemporaryDirectory(prefix="toolchain-shapes-") as scratch, contextlib.chdir(scratch), quiet_ort():
-            quant_pre_process(str(Path(source).resolve()), str(Path(destination).resolve()), skip_symbolic_shape=False)
+            quant_pre_process(str(source), str(destination), skip_symbolic_shape=False)
     except Exception as exc:  # shape inference raises assorted errors on unusual graphs
         raise _failure("quantization pre-processing (shape inference)", exc, name or source) from None
 
