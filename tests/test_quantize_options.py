@@ -173,3 +173,19 @@ def test_calibration_reader_follows_the_ort_contract():
     reader.rewind()
     np.testing.assert_array_equal(reader.get_next()["input"], images[:14])
 
+
+
+def test_pre_processing_takes_relative_paths(tmp_path, monkeypatch):
+    """It runs in a scratch cwd (ORT litters the cwd): relative paths must be resolved before that."""
+    from pathlib import Path
+
+    from toolchain.graph.from_torch import export_onnx
+    from toolchain.models import create_model
+    from toolchain.quantization.ort import prepare_for_quantization
+
+    export_onnx(create_model("hps-06-0.25x", num_classes=10, in_channels=1).eval(), torch.zeros(1, 1, 32, 32),
+                tmp_path / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    prepare_for_quantization(Path("model.onnx"), Path("prepared.onnx"))
+    assert (tmp_path / "prepared.onnx").stat().st_size > 0 and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["model.onnx", "prepared.onnx"]

@@ -159,7 +159,7 @@ class QuantSettings:
 
     def layout_alternatives(self) -> list["QuantSettings"]:
         """The other weight layouts --method auto tries when no calibration passes: the other format, then
-        the other weight granularity (none when pinned or when the method is pinned)."""
+        the other weight granularity (none when the layout is pinned; only the auto search asks for them)."""
         if self.layout_pinned:
             return []
         other = "qdq" if self.format == "qoperator" else "qoperator"

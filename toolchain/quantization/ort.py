@@ -99,8 +99,7 @@ def prepare_for_quantization(source: Path, destination: Path, name: str | None =
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    # resolved before the chdir below: a relative path would name a file in the scratch folder
-    source, destination = Path(source).resolve(), Path(destination).resolve()
+    source, destination = Path(source).resolve(), Path(destination).resolve()  # before the cwd changes
     try:
         # in a scratch cwd: ORT's symbolic shape inference, when incomplete, saves sym_shape_infer_temp.onnx and
         # its external .data files into the current folder (it left them in users' folders and this repo)

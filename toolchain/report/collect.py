@@ -75,16 +75,20 @@ def artifact_folders(root: Path) -> list[Path]:
                             "check the folder's permissions (--artifacts)") from None
 
 
+def _read_json(path: Path, what: str, unreadable_hint: str, invalid_hint: str) -> Any:
+    """A JSON file of the store; an unreadable or invalid one is one error naming it (``what``: its kind)."""
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {what} {path}: {exc.strerror or exc}", unreadable_hint) from None
+    except ValueError as exc:
+        raise ArtifactError(f"{what} {path} is not valid JSON: {exc}", invalid_hint) from None
+
+
 def read_bench_record(path: Path) -> dict[str, Any]:
     """One stored bench result, checked against its schema; errors name the file."""
-    try:
-        document = json.loads(path.read_text())
-    except OSError as exc:
-        raise ArtifactError(f"cannot read bench record {path}: {exc.strerror or exc}",
-                            "check its permissions, or delete it") from None
-    except ValueError as exc:
-        raise ArtifactError(f"bench record {path} is not valid JSON: {exc}",
-                            "delete it (a bench rerun writes a new one)") from None
+    document = _read_json(path, "bench record", "check its permissions, or delete it",
+                          "delete it (a bench rerun writes a new one)")
     try:
         return validate_result(document)
     except BenchmarkError as error:
@@ -272,14 +276,8 @@ def sweeps(root: Path) -> list[dict[str, Any]]:
 
     found = []
     for path in sorted((root / SWEEPS_DIR).glob(f"*/{SWEEP_SUMMARY}")):
-        try:
-            document = json.loads(path.read_text())
-        except OSError as exc:
-            raise ArtifactError(f"cannot read sweep summary {path}: {exc.strerror or exc}",
-                                "check its permissions") from None
-        except ValueError as exc:
-            raise ArtifactError(f"sweep summary {path} is not valid JSON: {exc}",
-                                "write it again: toolchain sweep show SPACE.toml") from None
+        document = _read_json(path, "sweep summary", "check its permissions",
+                              "write it again: toolchain sweep show SPACE.toml")
         if not isinstance(document, dict) or document.get("schema") != SWEEP_SCHEMA or not isinstance(
                 document.get("trials"), list):
             raise ArtifactError(f"{path} is not a sweep summary", "write it again: toolchain sweep show SPACE.toml")
