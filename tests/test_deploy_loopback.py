@@ -106,6 +106,38 @@ def test_remote_and_local_bench_write_one_schema(profile: TargetProfile, artifac
         validate_result(document)
 
 
+def test_cli_bench_over_ssh_measures_both_peaks_on_the_target(loopback_sshd: LoopbackSSHD, profile: TargetProfile,
+                                                              artifact: Path, tmp_path: Path) -> None:
+    deploy(profile, artifact)
+    target = loopback_sshd.profile_file(tmp_path, "lab", loopback_sshd.known_hosts(tmp_path), platform.machine())
+    cache = tmp_path / "cache"  # nothing measured yet: both peaks run over SSH now
+    command = [TOOLCHAIN, "bench", "--target", str(target), "--host", LOOPBACK, "--port", str(loopback_sshd.port),
+               "--identity-file", str(loopback_sshd.client_key), "--known-hosts", str(tmp_path / "known_hosts"),
+               "--artifact", str(artifact), "--threads", "1", "--warmup", "1", "--runs", "3", "--json"]
+    outcome = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TOOLCHAIN_CACHE": str(cache)})
+    assert outcome.returncode == 0, outcome.stderr
+    document = json.loads(outcome.stdout)
+    facts, compute = document["target"], document["compute"]  # facts: what the agent read on the target
+    assert document["remote"]["profile"] == "lab" and f"{LOOPBACK}:{loopback_sshd.port}" in document["remote"]["address"]
+    fp32, int8 = compute["peak"], compute["int8_peak"]
+    assert fp32["source"] == int8["source"] == "measured" and set(fp32["fp32_gflops"]) == set(int8["int8_gops"]) == {"1"}
+    for peak in (fp32, int8):
+        assert f"on {facts['hostname']} ({facts['cpu_model']})" in peak["method"]
+    assert f"onnxruntime {facts['onnxruntime']} MatMulInteger" in int8["method"]
+    # the cache entries are keyed and labelled by the target's facts, with the target's own results in them
+    entries = {path.name: json.loads(path.read_text()) for path in (cache / "peak").glob("*.json")}
+    [plain] = [entry for name, entry in entries.items() if not name.endswith("-int8.json")]
+    [integer] = [entry for name, entry in entries.items() if name.endswith("-int8.json")]
+    assert plain["machine"] == {key: facts[key] for key in ("hostname", "arch", "cpu_model", "cores", "numpy")}
+    assert integer["machine"] == {**plain["machine"], "onnxruntime": facts["onnxruntime"]}
+    assert integer["runs"]["1"]["best_gops"] == int8["int8_gops"]["1"]
+    assert integer["runs"]["1"]["threads"] == 1 and integer["runs"]["1"]["onnxruntime"] == facts["onnxruntime"]
+    for entry in document["results"]:
+        ceiling = (int8["int8_gops"] if entry["variant"] == "int8" else fp32["fp32_gflops"])["1"]
+        assert entry["peak_used"] == {"dtype": entry["variant"], "source": "measured", "value": ceiling}
+        assert entry["pct_of_peak"]["p50"] == pytest.approx(100 * entry["gflops"]["p50"] / ceiling)
+
+
 def test_bench_refuses_an_artifact_that_is_not_deployed(profile: TargetProfile, artifact: Path) -> None:
     with pytest.raises(DeployError, match="not .*deployed"):
         bench_remote(profile, artifact)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,9 +88,11 @@ def test_report_numbers_are_the_records_numbers(written, store):
         assert row["p50_ms"] == measured["latency_ms"]["p50"] and row["rounds"] == 2
         assert row["p50_ms_rounds"] == [first["latency_ms"]["p50"], measured["latency_ms"]["p50"]]
         assert row["gflops"]["p50"] == pytest.approx(2 * entry["macs"] / (row["p50_ms"] / 1e3) / 1e9)
-        peak = newest["compute"]["peak"]["fp32_gflops"][str(row["threads"])]
+        # each variant against the ceiling of its own arithmetic: INT8 rows the INT8 peak, FP32 rows float32
+        section, key = ("int8_peak", "int8_gops") if row["variant"] == "int8" else ("peak", "fp32_gflops")
+        peak = newest["compute"][section][key][str(row["threads"])]
         assert row["pct_of_peak"]["p50"] == pytest.approx(100 * row["gflops"]["p50"] / peak)
-        assert row["peak_source"] == "measured"
+        assert row["peak_source"] == "measured" and row["peak_dtype"] == row["variant"]
     paper = entry["paper"]
     assert [(item["table"], item["accuracy_pct"]) for item in paper] == [("Table 2", 82.44), ("Table 4", 82.44)]
     assert entry["training"]["epochs"] and entry["training"]["epochs"][-1]["epoch"] == 1
@@ -238,18 +241,68 @@ def test_bench_json_carries_gflops_and_where_the_peak_comes_from(toolchain, stor
     compute = document["compute"]
     assert compute["peak"]["source"] == "measured" and "numpy float32 GEMM" in compute["peak"]["method"]
     assert set(compute["peak"]["fp32_gflops"]) == {"1", "2"}
+    int8 = compute["int8_peak"]
+    assert int8["source"] == "measured" and int8["dtype"] == "int8" and "MatMulInteger" in int8["method"]
+    assert set(int8["int8_gops"]) == {"1", "2"} and all(value > 0 for value in int8["int8_gops"].values())
+    assert compute["peak_of_variant"] == {"fp32": "peak", "int8": "int8_peak"}
     for entry in document["results"]:
         gflops = entry["gflops"]
         assert gflops["p50"] >= gflops["p90"] >= gflops["p99"] > 0
         assert 0 < entry["pct_of_peak"]["p50"] < 100
+        ceiling = (int8["int8_gops"] if entry["variant"] == "int8" else compute["peak"]["fp32_gflops"])[
+            str(entry["threads"])]
+        assert entry["pct_of_peak"]["p50"] == pytest.approx(100 * gflops["p50"] / ceiling)
+        assert entry["peak_used"] == {"dtype": entry["variant"], "source": "measured", "value": ceiling}
 
 
 def test_bench_table_shows_gflops_and_the_peak_note(toolchain, store):  # noqa: F811
     outcome = toolchain("bench", "--artifact", _folder(store), "--threads", "1", "--warmup", "1", "--runs", "5")
     assert outcome.code == 0, outcome.stderr
     header = outcome.stdout.strip().splitlines()[1]
-    assert "GFLOP/s p50" in header and "% peak p50" in header
-    assert "peak measured: best numpy float32 GEMM" in outcome.stderr
+    assert "GFLOP/s p50" in header and "% peak p50" in header and header.rstrip().endswith("peak")
+    rows = {line.split()[0]: line for line in outcome.stdout.strip().splitlines()[2:]}
+    assert rows["fp32"].rstrip().endswith("fp32 measured") and rows["int8"].rstrip().endswith("int8 measured")
+    assert "FP32 peak measured: best numpy float32 GEMM" in outcome.stderr
+    assert "INT8 peak measured: best onnxruntime" in outcome.stderr
+
+
+def test_an_onnxruntime_that_fails_the_int8_peak_leaves_a_noted_missing_peak(store, tmp_path, monkeypatch):
+    """A broken onnxruntime install where the peak runs (it fails on import, as a wheel whose shared library
+    is missing does): one line in the messages and in the record, INT8 rows without a %, FP32 ones with it."""
+    from toolchain.artifacts import load_artifact
+    from toolchain.bench.peak import annotate
+    from toolchain.bench.system import AgentRun, LocalSystem, compute_record
+    from toolchain.report.tables import bench_table, peak_note
+    from toolchain.transport import LocalTransport
+
+    broken = tmp_path / "broken" / "onnxruntime"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("libonnxruntime.so.1.32.0: cannot open shared object '
+                                        'file: No such file or directory")\n')
+    monkeypatch.setenv("TOOLCHAIN_CACHE", str(tmp_path / "cache"))  # nothing measured before: both run now
+    document = _records(store)[-1]
+    document["results"] = [entry for entry in document["results"] if entry["threads"] == 1]
+    run = AgentRun(LocalTransport(), sys.executable, "unused", "unused", "unused",
+                   env={"PYTHONPATH": str(broken.parent)})
+    messages: list[str] = []
+    compute = compute_record(LocalSystem(), run, document, load_artifact(_folder(store), verify=False), (1,),
+                             messages.append)
+    assert compute["peak"]["source"] == "measured"  # numpy's GEMM needs no onnxruntime
+    assert compute["int8_peak"] is None
+    note = compute["int8_peak_note"]
+    assert note.startswith("no INT8 peak: the INT8 GEMM peak measurement on ") and "\n" not in note
+    assert "ImportError: libonnxruntime.so.1.32.0: cannot open shared object file" in note
+    assert len(messages) == 1 and "INT8 rows get no % of peak" in messages[0] and "Traceback" not in messages[0]
+    annotate(document, compute)
+    for entry in document["results"]:
+        if entry["variant"] == "int8":
+            assert entry["pct_of_peak"] is None and entry["peak_used"]["source"] is None
+            assert entry["peak_used"]["note"] == note
+        else:
+            assert entry["pct_of_peak"]["p50"] > 0 and entry["peak_used"]["source"] == "measured"
+    assert note in peak_note(compute)
+    int8_row = next(row for row in bench_table(document).rows if row[0] == "int8")
+    assert int8_row[-2:] == ["-", "-"]
 
 
 def test_the_bluebox_profile_gives_a_spec_peak():

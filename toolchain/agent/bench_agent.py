@@ -92,18 +92,8 @@ def open_session(path, threads, configure=None):
 
     `configure(options)` may set more (the profile agent: profiling, the optimised graph's file).
     """
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    if configure is not None:
-        configure(options)
     try:
-        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    except TypeError:  # onnxruntime before 1.6 has no providers argument; its default is the CPU
-        return onnxruntime.InferenceSession(path, options)
+        return common.cpu_session(path, threads, configure)
     except Exception as exc:  # onnxruntime raises its own exception types, which differ between versions
         raise AgentError("onnxruntime cannot load {}: {}".format(path, str(exc).strip().splitlines()[0][:300]))
 

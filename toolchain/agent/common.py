@@ -1,7 +1,8 @@
-"""What the target-side scripts share: file hashes, facts about the machine, JSON files, timed repeats.
+"""What the target-side scripts share: file hashes, facts about the machine, JSON files, timed repeats, a CPU
+onnxruntime session.
 
-Target-side: Python 3.5+, standard library only, imported by its siblings as `import common` (the
-folder runs as it is, never as part of the host package).
+Target-side: Python 3.5+, standard library only (onnxruntime is imported by `cpu_session`, where it is called),
+imported by its siblings as `import common` (the folder runs as it is, never as part of the host package).
 """
 
 import hashlib
@@ -105,6 +106,23 @@ def timed_repeats(step, min_time, repeats):
         total += elapsed
     seconds.sort()
     return seconds
+
+
+def cpu_session(path, threads, configure=None):
+    """An onnxruntime CPU session of the model at `path` with `threads` intra-op threads, one inter-op thread and
+    onnxruntime's default graph optimisation (ORT_ENABLE_ALL); `configure(options)` may set more."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if configure is not None:
+        configure(options)
+    try:
+        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except TypeError:  # onnxruntime before 1.6 has no providers argument; its default is the CPU
+        return onnxruntime.InferenceSession(path, options)
 
 
 def print_result(measure, *args):

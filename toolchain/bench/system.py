@@ -23,7 +23,8 @@ from toolchain.artifacts import EVALSET_NAME, FP32_NAME
 from toolchain.bench.results import (AGREEMENT_THRESHOLD_PCT, VARIANT_FILES, AgentStderr, BenchRun,
                                      ProgressCallback, agreement, check_measured, host_predictions, result_path,
                                      validate_result)
-from toolchain.bench.peak import Peak, annotate, compute_section, measured_peak, spec_peak
+from toolchain.bench.peak import (Peak, annotate, compute_section, measured_int8_peak, measured_peak,
+                                 spec_peak)
 from toolchain.bench.settings import QUICK_LATENCY, BenchSettings
 from toolchain.errors import BenchmarkError, CommandFailedError, DeployError, UsageError
 from toolchain.fsutil import atomic_write_json
@@ -224,21 +225,32 @@ def bench(system: BenchSystem, source: Path | Artifact, settings: BenchSettings,
 
 def compute_record(system: BenchSystem, run: AgentRun, document: dict[str, Any], artifact: Artifact,
                    threads: Sequence[int], on_message: Messages) -> dict[str, Any]:
-    """MACs of the artifact and the peak its GFLOP/s are compared with: measured where the agent ran, else
-    the profile's spec; none on an emulated target (qemu's speed is not the core's)."""
+    """MACs of the artifact and the peaks its rates are compared with, both measured where the agent ran: the
+    float32 GEMM peak (FP32 rows; else the profile's spec) and the onnxruntime INT8 GEMM peak (INT8 rows; no
+    spec exists, so none where it fails); none on an emulated target (qemu's speed is not the core's)."""
     from toolchain.graph.macs import MACS_SOURCE, graph_macs
 
     macs = graph_macs(artifact.directory / FP32_NAME)
     if system.emulated:
-        return compute_section(macs, MACS_SOURCE, None, "emulated target: no peak (qemu's speed is not the core's)")
+        emulated = "emulated target: no peak (qemu's speed is not the core's)"
+        return compute_section(macs, MACS_SOURCE, None, emulated, None, emulated)
+    timeout = run.timeout or 300.0
+    note: str | None = None
     try:
-        peak = measured_peak(run.transport, run.python, document["target"], threads, env=run.env,
-                             timeout=run.timeout or 300.0)
+        peak: Peak | None = measured_peak(run.transport, run.python, document["target"], threads, env=run.env,
+                                          timeout=timeout)
     except BenchmarkError as error:
         on_message(f"{error.message}; using the profile's CPU spec where it has one")
-        spec = system.spec_peak(threads)
-        return compute_section(macs, MACS_SOURCE, spec, None if spec else f"no peak: {error.message}")
-    return compute_section(macs, MACS_SOURCE, peak)
+        peak = system.spec_peak(threads)
+        note = None if peak else f"no peak: {error.message}"
+    int8_note: str | None = None
+    try:
+        int8_peak: Peak | None = measured_int8_peak(run.transport, run.python, document["target"], threads,
+                                                    env=run.env, timeout=timeout)
+    except BenchmarkError as error:
+        on_message(f"{error.message}; INT8 rows get no % of peak (no profile gives an INT8 spec)")
+        int8_peak, int8_note = None, f"no INT8 peak: {error.message} (no INT8 spec to fall back on)"
+    return compute_section(macs, MACS_SOURCE, peak, note, int8_peak, int8_note)
 
 
 def bench_local(artifact_dir: Path | Artifact, settings: BenchSettings,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from toolchain.artifacts import BENCH_DIR, FP32_NAME, INT8_NAME, MANIFEST_NAME, is_artifact_id, read_manifest
-from toolchain.bench.peak import Peak, achieved
+from toolchain.bench.peak import achieved, peak_dtype, variant_peak
 from toolchain.bench.results import validate_result
 from toolchain.errors import ArtifactError, BenchmarkError, UsageError
 from toolchain.manifest import Manifest
@@ -169,10 +169,11 @@ def _bench_rows(manifest: Manifest, records: list[tuple[Path, dict[str, Any]]], 
         agreed = {(item.get("variant"), item.get("threads"), item.get("batch")): item.get("agreement_pct")
                   for item in document.get("agreement", []) if isinstance(item, dict)}
         compute = document.get("compute") if isinstance(document.get("compute"), dict) else {}
-        peak = Peak.from_json(compute.get("peak"))
         facts = document["target"]
         for entry in document["results"]:
             latency = entry["latency_ms"]
+            # INT8 rows: the INT8 peak; FP32 rows (and every row of a record older than the INT8 peak): float32
+            peak, why = variant_peak(compute, entry["variant"])
             value = peak.gflops.get(int(entry["threads"])) if peak else None
             rate = ({"gflops": entry.get("gflops"), "pct_of_peak": entry.get("pct_of_peak")} if "gflops" in entry
                     else achieved(macs, entry["batch"], latency, value) if macs else {"gflops": None,
@@ -187,8 +188,10 @@ def _bench_rows(manifest: Manifest, records: list[tuple[Path, dict[str, Any]]], 
                    "top1_host": host.top1 if host else None,
                    "agreement_pct": agreed.get((entry["variant"], entry["threads"], entry["batch"])),
                    "gflops": rate["gflops"], "pct_of_peak": rate["pct_of_peak"],
-                   "peak_source": peak.source if peak else None, "peak_method": peak.method if peak else
-                   compute.get("peak_note"), "created": document.get("created"), "record": str(path)}
+                   "peak_source": peak.source if peak and value else None,
+                   "peak_dtype": peak.dtype if peak else peak_dtype(entry["variant"]),
+                   "peak_method": peak.method if peak else why, "created": document.get("created"),
+                   "record": str(path)}
             rounds.setdefault((target, machine, entry["variant"], entry["threads"], entry["batch"]), []).append(row)
     rows = []
     for series in rounds.values():
@@ -215,7 +218,7 @@ def _export_rows(manifest: Manifest, macs: int | None) -> list[dict[str, Any]]:
                      "p50_ms": timing["p50"], "p90_ms": timing.get("p90"), "p99_ms": timing.get("p99"),
                      "throughput_ips": None, "peak_rss_mb": None, "top1": host.top1 if host else None,
                      "top1_host": host.top1 if host else None, "agreement_pct": None, "gflops": rate["gflops"],
-                     "pct_of_peak": None, "peak_source": None,
+                     "pct_of_peak": None, "peak_source": None, "peak_dtype": peak_dtype(variant),
                      "peak_method": "export check: no peak measured with it", "created": manifest.created,
                      "record": MANIFEST_NAME, "rounds": 1, "p50_ms_rounds": [timing["p50"]]})
     return rows

@@ -54,7 +54,12 @@ def measurement_row(row: dict[str, Any]) -> list[Any]:
             _time(row["p50_ms"], emulated), _time(row["p90_ms"], emulated), _time(row["p99_ms"], emulated),
             _time(row["throughput_ips"], emulated, 0), fmt(row["peak_rss_mb"], 0), fmt(row["top1"]),
             fmt(row["agreement_pct"]), _triple(row["gflops"], emulated), _triple(row["pct_of_peak"], emulated, 1),
-            row["peak_source"] or DASH, row["rounds"]]
+            _peak_label(row), row["rounds"]]
+
+
+def _peak_label(row: dict[str, Any]) -> str:
+    """Which peak a row's % is of and where it comes from: "INT8 measured", "FP32 spec"; "—" where none."""
+    return f"{(row.get('peak_dtype') or 'fp32').upper()} {row['peak_source']}" if row["peak_source"] else DASH
 
 
 def _paper_first(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -165,7 +170,8 @@ def _artifact_blocks(entry: dict[str, Any]) -> list[Block]:
         blocks.append(_optimize_block(model, entry["optimize"]))
     notes = [f"MACs per image: {fmt(entry['macs'])} ({entry['macs_source']})" if entry["macs"] else
              "MACs: not known"]
-    notes += sorted({f"peak {row['peak_source'] or 'none'} ({_where(row)}): {row['peak_method'] or DASH}"
+    notes += sorted({f"{(row.get('peak_dtype') or 'fp32').upper()} peak {row['peak_source'] or 'none'} "
+                     f"({_where(row)}): {row['peak_method'] or DASH}"
                      for row in entry["measurements"]})
     notes.append(f"kept in float: {', '.join(gate['kept_float']) or 'none'}; gate engaged: "
                  f"{fmt(gate.get('gate_engaged'))}")
@@ -379,7 +385,7 @@ CSV_COLUMNS = ["model", "artifact_id", "dataset", "paper_top1_pct", "paper_datas
                "onnx_int8_bytes", "target", "source", "emulated", "cpu", "variant", "threads", "batch", "p50_ms",
                "p90_ms", "p99_ms", "throughput_ips", "peak_rss_mb", "top1_target", "agreement_pct", "macs",
                "gflops_p50", "gflops_p90", "gflops_p99", "pct_peak_p50", "pct_peak_p90", "pct_peak_p99",
-               "peak_source", "rounds", "record"]
+               "peak_source", "peak_dtype", "rounds", "record"]
 
 
 def report_csv_rows(document: dict[str, Any]) -> list[list[Any]]:
@@ -397,7 +403,7 @@ def report_csv_rows(document: dict[str, Any]) -> list[list[Any]]:
                          row["p90_ms"], row["p99_ms"], row["throughput_ips"], row["peak_rss_mb"], row["top1"],
                          row["agreement_pct"], entry["macs"], gflops.get("p50"), gflops.get("p90"),
                          gflops.get("p99"), percent.get("p50"), percent.get("p90"), percent.get("p99"),
-                         row["peak_source"], row["rounds"], row["record"]])
+                         row["peak_source"], row.get("peak_dtype"), row["rounds"], row["record"]])
     return rows
 
 

@@ -92,27 +92,37 @@ def bench_table(document: dict[str, Any], agreements: Sequence[Any] = ()) -> Tab
                      *achieved_cells(entry)])
     timed = [f"{name}{emulated}" for name in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "img/s")]
     rates = [f"{name}{emulated}" for name in ("GFLOP/s p50", "% peak p50")]
-    columns = ["variant", "threads", "batch", *timed, "peak RSS MB", "top-1 %", "agree %", "KiB", *rates]
+    columns = ["variant", "threads", "batch", *timed, "peak RSS MB", "top-1 %", "agree %", "KiB", *rates, "peak"]
     title = (f"measured on {target['hostname']}: {target['arch']} {target['cpu_model']}, {target['cores']} cores, "
              f"onnxruntime {target['onnxruntime']}, {target['os']}"
              + (" -- EMULATED (qemu): latency is not the target's" if emulated else ""))
-    return Table(title, columns, rows, columns[1:])
+    return Table(title, columns, rows, columns[1:-1])
 
 
 def achieved_cells(entry: dict[str, Any], key: str = "p50") -> list[str]:
-    """Achieved GFLOP/s and % of the peak at one latency percentile ("-" where the result has none)."""
+    """Achieved GFLOP/s and % of the peak at one latency percentile, and which peak ("-" where the result has none)."""
     gflops = (entry.get("gflops") or {}).get(key)
     percent = (entry.get("pct_of_peak") or {}).get(key)
-    return [f"{gflops:.2f}" if gflops is not None else "-", f"{percent:.1f}" if percent is not None else "-"]
+    used = entry.get("peak_used") or {}
+    which = f"{used.get('dtype', 'fp32')} {used['source']}" if used.get("source") else "-"
+    return [f"{gflops:.2f}" if gflops is not None else "-", f"{percent:.1f}" if percent is not None else "-", which]
+
+
+def _one_peak(label: str, peak: dict[str, Any] | None, note: str | None) -> str:
+    return f"{label} peak {peak['source']}: {peak['method']}" if peak else (note or f"no {label} peak")
 
 
 def peak_note(compute: dict[str, Any] | None) -> str:
-    """Where the GFLOP/s and the peak they are compared with come from."""
+    """Where the GFLOP/s and the peaks they are compared with come from (FP32 rows: float32, INT8 rows: INT8)."""
     if not compute:
         return "GFLOP/s: this result has no compute section (measured before toolchain recorded MACs)"
-    peak = compute.get("peak")
-    where = (f"peak {peak['source']}: {peak['method']}" if peak else compute.get("peak_note", "no peak"))
-    return f"GFLOP/s = 2 x {compute['macs']:,} MACs x batch / latency ({compute['macs_source']}); {where}"
+    where = _one_peak("FP32", compute.get("peak"), compute.get("peak_note"))
+    if "int8_peak" in compute:
+        where += "; " + _one_peak("INT8", compute.get("int8_peak"), compute.get("int8_peak_note"))
+    else:
+        where += " (INT8 rows too: this record predates the INT8 peak)"
+    return (f"GFLOP/s = 2 x {compute['macs']:,} MACs x batch / latency ({compute['macs_source']}; integer ops for "
+            f"INT8); {where}")
 
 
 def bench_notes(document: dict[str, Any]) -> list[str]:
