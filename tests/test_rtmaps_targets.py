@@ -8,6 +8,8 @@ answers (top-1 agreement 100 %, a host tie counting whichever tied class is pick
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +21,7 @@ from tests.fixtures.deploy import DeployArtifacts, artifact_copy
 from tests.fixtures.emulated import emulation_prerequisites
 from tests.fixtures.rtmaps import check_golden, read_golden, standin_files
 from tests.fixtures.sshd import LOOPBACK, FlakyProxy, LoopbackSSHD
+from tests.test_deploy_loopback import TOOLCHAIN
 from toolchain.artifacts import load_artifact, read_manifest
 from toolchain.errors import ConnectionDroppedError
 from toolchain.hashing import sha256_file
@@ -27,7 +30,7 @@ from toolchain.remote.agent_package import UPLOAD_PREFIX
 from toolchain.remote.deploy import DeployReport, deploy
 from toolchain.remote.session import TargetSession
 from toolchain.remote.target import TargetProfile, load_profile, open_transport
-from toolchain.rtmaps import COMPONENT_FILES, COMPONENT_NAME, GOLDEN_NAME, component_files
+from toolchain.rtmaps import COMPONENT_FILES, COMPONENT_NAME, DEFAULT_FOLDER, GOLDEN_NAME, README_NAME, component_files
 
 # an instance of this module's own (namespace tc-rtm, 10.202.9.0/24), apart from the suite's tc-pytest
 EMULATED_INSTANCE, EMULATED_SUBNET = "rtm", "10.202.9"
@@ -93,6 +96,48 @@ def test_deploy_rtmaps_places_the_component_beside_the_model_and_it_answers_as_t
     check_golden(fp32, golden, "fp32", ties.get("fp32", {}), atol=1e-4)
     again = deploy(profile, artifact, rtmaps=True)
     assert again.bytes_sent == 0 and again.rtmaps_upload is not None and again.rtmaps_upload.sent == []
+
+
+@pytest.mark.sshd
+def test_the_deploy_command_with_rtmaps_makes_the_component_there_says_where_and_is_idempotent(
+        loopback_sshd: LoopbackSSHD, tmp_path: Path, artifact: Path) -> None:
+    assert not (artifact / DEFAULT_FOLDER).exists()  # no `toolchain rtmaps` ran: deploy makes the component itself
+    target = loopback_sshd.profile_file(tmp_path, "lab", loopback_sshd.known_hosts(tmp_path), platform.machine())
+    command = [TOOLCHAIN, "deploy", "--artifact", str(artifact), "--target", str(target), "--host", LOOPBACK,
+               "--port", str(loopback_sshd.port), "--identity-file", str(loopback_sshd.client_key),
+               "--known-hosts", str(tmp_path / "known_hosts"), "--rtmaps"]
+    first = subprocess.run(command, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    remote_dir = f"{tmp_path / 'work'}/{artifact.name}"
+    rtmaps_dir = f"{remote_dir}/{DEFAULT_FOLDER}"
+    where = f"{LOOPBACK}:{loopback_sshd.port}:{rtmaps_dir}"
+    assert ("the artifact has no RTMaps component yet (`toolchain rtmaps` writes one here): making its RTMaps "
+            f"component for root@{where} (it opens {remote_dir}/model.int8.onnx there)") in first.stderr
+    assert (f"RTMaps component in root@{where}: {COMPONENT_NAME}, {GOLDEN_NAME} and {README_NAME}, beside the "
+            f"model it opens ({remote_dir}/model.int8.onnx); 3 file(s) sent, 0 unchanged") in first.stderr
+    rows = {line.split()[0]: line.split()[-1] for line in first.stdout.splitlines() if line.split()}
+    assert all(rows[name] == "sent" for name in COMPONENT_FILES)
+    folder = Path(rtmaps_dir)
+    assert sorted(path.name for path in folder.iterdir()) == sorted(COMPONENT_FILES)
+    assert (folder.parent / "model.int8.onnx").is_file() and (folder.parent / "model.fp32.onnx").is_file()
+    assert f'"default_model_path": "{remote_dir}/model.int8.onnx"' in (folder / COMPONENT_NAME).read_text()
+    assert expected_hashes(artifact, remote_dir) == {path.name: sha256_file(path) for path in folder.iterdir()}
+    assert not (artifact / DEFAULT_FOLDER).exists()  # made for the target, not left in the artifact
+    again = subprocess.run(command + ["--json"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["bytes_sent"] == 0 and report["files_sent"] == []
+    assert report["rtmaps"] == {"dir": rtmaps_dir, "component": f"{rtmaps_dir}/{COMPONENT_NAME}",
+                                "model_path": f"{remote_dir}/model.int8.onnx", "files_sent": [],
+                                "files_unchanged": list(COMPONENT_FILES)}
+    # a component `toolchain rtmaps` wrote into the artifact (for this machine's paths) is not what goes there
+    made = subprocess.run([TOOLCHAIN, "rtmaps", "--artifact", str(artifact)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    third = subprocess.run(command, capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+    assert f"the artifact's own {artifact / DEFAULT_FOLDER} opens this machine's paths and is not sent" in third.stderr
+    assert "0 file(s) sent, 3 unchanged" in third.stderr
+    assert f'"default_model_path": "{remote_dir}/model.int8.onnx"' in (folder / COMPONENT_NAME).read_text()
 
 
 @pytest.mark.sshd

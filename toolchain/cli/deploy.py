@@ -42,11 +42,17 @@ def _show_report(report: "DeployReport") -> None:
          f"{len(upload.sent)} file(s) sent, {len(upload.unchanged)} unchanged, {report.bytes_sent:,} bytes "
          f"in {report.seconds:.1f} s")
     if report.rtmaps_upload is not None:
+        from toolchain.artifacts import INT8_NAME
+        from toolchain.rtmaps import COMPONENT_NAME, GOLDEN_NAME, README_NAME
+
         component = report.rtmaps_upload
         table(None, ["RTMaps component file", "bytes", "action"],
               [(name, component.sizes.get(name, ""), "sent" if name in component.sent else "unchanged")
                for name in [*component.sent, *component.unchanged]], right_align=["bytes"])
-        info(f"RTMaps component in {report.target}:{report.rtmaps_dir} (load it in RTMaps Studio as its README.md says)")
+        info(f"RTMaps component in {report.target}:{report.rtmaps_dir}: {COMPONENT_NAME}, {GOLDEN_NAME} and "
+             f"{README_NAME}, beside the model it opens ({report.remote_dir}/{INT8_NAME}); "
+             f"{len(component.sent)} file(s) sent, {len(component.unchanged)} unchanged; load it in RTMaps Studio "
+             "as its README.md says")
     if upload.removed_partial:
         warn(f"removed {len(upload.removed_partial)} partial upload(s) left by an interrupted run")
     if report.cleaned:

@@ -32,7 +32,7 @@ from toolchain.remote.preflight import FAIL, OK, Check, preflight_checks, requir
 from toolchain.remote.provision import Runtime, WheelIndex, existing_runtime, provision_runtime
 from toolchain.remote.session import LocalFile, TargetSession, UploadProgress, UploadResult, describe_holder
 from toolchain.remote.target import TargetProfile, open_transport
-from toolchain.rtmaps import DEFAULT_FOLDER, component_files, preprocessing_of
+from toolchain.rtmaps import COMPONENT_NAME, DEFAULT_FOLDER, component_files, preprocessing_of
 
 RECEIPT = "deploy.json"
 MODEL_FILES = (FP32_NAME, INT8_NAME)
@@ -155,9 +155,20 @@ class DeployReport:
                 "runtime": self.runtime.to_dict() if self.runtime else None,
                 "files_sent": self.upload.sent if self.upload else [],
                 "files_unchanged": self.upload.unchanged if self.upload else [],
-                "rtmaps": {"dir": self.rtmaps_dir, "files_sent": self.rtmaps_upload.sent,
+                "rtmaps": {"dir": self.rtmaps_dir, "component": f"{self.rtmaps_dir}/{COMPONENT_NAME}",
+                           "model_path": f"{self.remote_dir}/{INT8_NAME}", "files_sent": self.rtmaps_upload.sent,
                            "files_unchanged": self.rtmaps_upload.unchanged} if self.rtmaps_upload else None,
                 "bytes_sent": self.bytes_sent, "cleaned": self.cleaned, "seconds": round(self.seconds, 3)}
+
+
+def _making_component(artifact: Artifact, target: str, rtmaps_dir: str, model_path: str) -> str:
+    """What `deploy --rtmaps` says before it makes the component: it is made for the target's paths, always,
+    and a folder `toolchain rtmaps` left in the artifact (made for this machine's paths) is not what is sent."""
+    own = artifact.directory / DEFAULT_FOLDER
+    made = f"making its RTMaps component for {target}:{rtmaps_dir} (it opens {model_path} there)"
+    if own.is_dir():
+        return f"{made}; the artifact's own {own} opens this machine's paths and is not sent"
+    return f"the artifact has no RTMaps component yet (`toolchain rtmaps` writes one here): {made}"
 
 
 def _receipt(artifact: Artifact, runtime: Runtime, python: str, folder: Path) -> LocalFile:
@@ -226,6 +237,8 @@ def deploy(profile: TargetProfile, artifact_dir: Path | Artifact, *, clean: bool
                 component = []
                 if rtmaps:
                     report.rtmaps_dir = f"{report.remote_dir}/{DEFAULT_FOLDER}"
+                    on_message(_making_component(artifact, transport.target, report.rtmaps_dir,
+                                                 f"{report.remote_dir}/{INT8_NAME}"))
                     (Path(folder) / DEFAULT_FOLDER).mkdir()
                     component = list(component_files(artifact, report.remote_dir, Path(folder) / DEFAULT_FOLDER)[0])
                 files = [*artifact.files, _receipt(artifact, report.runtime, session.python, Path(folder))]
