@@ -189,7 +189,7 @@ def _bench_rows(manifest: Manifest, records: list[tuple[Path, dict[str, Any]]], 
                    "agreement_pct": agreed.get((entry["variant"], entry["threads"], entry["batch"])),
                    "gflops": rate["gflops"], "pct_of_peak": rate["pct_of_peak"],
                    "peak_source": peak.source if peak and value else None,
-                   "peak_dtype": peak.dtype if peak else peak_dtype(entry["variant"]),
+                   "peak_dtype": peak.dtype if peak else peak_dtype(entry["variant"]), "peak_value": value,
                    "peak_method": peak.method if peak else why, "created": document.get("created"),
                    "record": str(path)}
             rounds.setdefault((target, machine, entry["variant"], entry["threads"], entry["batch"]), []).append(row)
@@ -218,7 +218,7 @@ def _export_rows(manifest: Manifest, macs: int | None) -> list[dict[str, Any]]:
                      "p50_ms": timing["p50"], "p90_ms": timing.get("p90"), "p99_ms": timing.get("p99"),
                      "throughput_ips": None, "peak_rss_mb": None, "top1": host.top1 if host else None,
                      "top1_host": host.top1 if host else None, "agreement_pct": None, "gflops": rate["gflops"],
-                     "pct_of_peak": None, "peak_source": None, "peak_dtype": peak_dtype(variant),
+                     "pct_of_peak": None, "peak_source": None, "peak_dtype": peak_dtype(variant), "peak_value": None,
                      "peak_method": "export check: no peak measured with it", "created": manifest.created,
                      "record": MANIFEST_NAME, "rounds": 1, "p50_ms_rounds": [timing["p50"]]})
     return rows

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from toolchain.report.render import DASH, Block, Cell, Heading, Notes, Plot, TableBlock, fmt
 from toolchain.report.svg import Point, Series, bars, lines, scatter
+from toolchain.report.tables import falling_peak_warnings
 
 MB = 1e6
 
@@ -44,8 +45,8 @@ def _seconds_per_epoch(training: dict[str, Any]) -> float | None:
 # --- the store report ----------------------------------------------------------------------------
 
 MEASUREMENT_COLUMNS = ["where", "CPU", "variant", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s",
-                       "peak RSS MB", "top-1 %", "agree %", "GFLOP/s p50 / p90 / p99", "% of peak p50 / p90 / p99",
-                       "peak", "rounds"]
+                       "peak RSS MB", "top-1 %", "agree %", "GOP/s p50 / p90 / p99", "% of peak p50 / p90 / p99",
+                       "peak GOP/s", "rounds"]
 
 
 def measurement_row(row: dict[str, Any]) -> list[Any]:
@@ -58,8 +59,29 @@ def measurement_row(row: dict[str, Any]) -> list[Any]:
 
 
 def _peak_label(row: dict[str, Any]) -> str:
-    """Which peak a row's % is of and where it comes from: "INT8 measured", "FP32 spec"; "—" where none."""
-    return f"{(row.get('peak_dtype') or 'fp32').upper()} {row['peak_source']}" if row["peak_source"] else DASH
+    """Which peak a row's % is of, its value and where it comes from: "INT8 429.5 (measured)"; "—" where none."""
+    if not row["peak_source"]:
+        return DASH
+    value = f" {fmt(row['peak_value'], 1)}" if row.get("peak_value") else ""
+    return f"{(row.get('peak_dtype') or 'fp32').upper()}{value} ({row['peak_source']})"
+
+
+def _peak_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Where each row's peak comes from, once per place and arithmetic (the export check once: it has none), and
+    a warning where a measured peak falls as threads are added."""
+    notes: set[str] = set()
+    peaks: dict[tuple[str, str, str], dict[int, float]] = {}
+    for row in rows:
+        if row["source"] == "export check":
+            notes.add(f"{_where(row)}: no peak (the export's quick latency check measures none), so no % of peak")
+            continue
+        dtype = (row.get("peak_dtype") or "fp32").upper()
+        notes.add(f"{dtype} peak {row['peak_source'] or 'none'} ({_where(row)}): {row['peak_method'] or DASH}")
+        if row["peak_source"] == "measured" and row.get("peak_value") and isinstance(row["threads"], int):
+            peaks.setdefault((_where(row), dtype, row["peak_method"] or ""), {})[row["threads"]] = row["peak_value"]
+    for (where, dtype, _), values in sorted(peaks.items()):
+        notes.update(falling_peak_warnings(dtype, where, values))
+    return sorted(notes)
 
 
 def _paper_first(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -158,7 +180,7 @@ def _artifact_blocks(entry: dict[str, Any]) -> list[Block]:
     blocks.append(TableBlock(f"{model}: top-1 on the host and on each target",
                              ["where", "FP32 top-1 %", "INT8 top-1 %", "drop pp", "FP32 agree %", "INT8 agree %"],
                              _places(entry), role="accuracy"))
-    blocks.append(TableBlock(f"{model}: latency, throughput, memory and achieved GFLOP/s",
+    blocks.append(TableBlock(f"{model}: latency, throughput, memory and achieved GOP/s",
                              MEASUREMENT_COLUMNS, [measurement_row(row) for row in entry["measurements"]],
                              role="measurements"))
     gate = entry["gate"]
@@ -170,9 +192,10 @@ def _artifact_blocks(entry: dict[str, Any]) -> list[Block]:
         blocks.append(_optimize_block(model, entry["optimize"]))
     notes = [f"MACs per image: {fmt(entry['macs'])} ({entry['macs_source']})" if entry["macs"] else
              "MACs: not known"]
-    notes += sorted({f"{(row.get('peak_dtype') or 'fp32').upper()} peak {row['peak_source'] or 'none'} "
-                     f"({_where(row)}): {row['peak_method'] or DASH}"
-                     for row in entry["measurements"]})
+    notes.append("GOP/s = 2 x MACs x batch / latency: float operations (GFLOP/s) on FP32 rows, integer operations "
+                 "on INT8 rows; % of peak: of the peak of the row's own arithmetic on that machine and thread count "
+                 "(the peak column: FP32 = numpy float32 GEMM, INT8 = onnxruntime MatMulInteger)")
+    notes += _peak_notes(entry["measurements"])
     notes.append(f"kept in float: {', '.join(gate['kept_float']) or 'none'}; gate engaged: "
                  f"{fmt(gate.get('gate_engaged'))}")
     if gate.get("reduce_range_reason"):
@@ -385,7 +408,7 @@ CSV_COLUMNS = ["model", "artifact_id", "dataset", "paper_top1_pct", "paper_datas
                "onnx_int8_bytes", "target", "source", "emulated", "cpu", "variant", "threads", "batch", "p50_ms",
                "p90_ms", "p99_ms", "throughput_ips", "peak_rss_mb", "top1_target", "agreement_pct", "macs",
                "gflops_p50", "gflops_p90", "gflops_p99", "pct_peak_p50", "pct_peak_p90", "pct_peak_p99",
-               "peak_source", "peak_dtype", "rounds", "record"]
+               "peak_source", "peak_dtype", "peak_gops", "rounds", "record"]
 
 
 def report_csv_rows(document: dict[str, Any]) -> list[list[Any]]:
@@ -403,7 +426,8 @@ def report_csv_rows(document: dict[str, Any]) -> list[list[Any]]:
                          row["p90_ms"], row["p99_ms"], row["throughput_ips"], row["peak_rss_mb"], row["top1"],
                          row["agreement_pct"], entry["macs"], gflops.get("p50"), gflops.get("p90"),
                          gflops.get("p99"), percent.get("p50"), percent.get("p90"), percent.get("p99"),
-                         row["peak_source"], row.get("peak_dtype"), row["rounds"], row["record"]])
+                         row["peak_source"], row.get("peak_dtype"), row.get("peak_value"), row["rounds"],
+                         row["record"]])
     return rows
 
 

@@ -91,7 +91,7 @@ def bench_table(document: dict[str, Any], agreements: Sequence[Any] = ()) -> Tab
                      f"{agreement:.2f}" if agreement is not None else "-", _kib(entry["model_bytes"]),
                      *achieved_cells(entry)])
     timed = [f"{name}{emulated}" for name in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms", "img/s")]
-    rates = [f"{name}{emulated}" for name in ("GFLOP/s p50", "% peak p50")]
+    rates = [f"{name}{emulated}" for name in ("GOP/s p50", "% peak p50")]
     columns = ["variant", "threads", "batch", *timed, "peak RSS MB", "top-1 %", "agree %", "KiB", *rates, "peak"]
     title = (f"measured on {target['hostname']}: {target['arch']} {target['cpu_model']}, {target['cores']} cores, "
              f"onnxruntime {target['onnxruntime']}, {target['os']}"
@@ -100,7 +100,7 @@ def bench_table(document: dict[str, Any], agreements: Sequence[Any] = ()) -> Tab
 
 
 def achieved_cells(entry: dict[str, Any], key: str = "p50") -> list[str]:
-    """Achieved GFLOP/s and % of the peak at one latency percentile, and which peak ("-" where the result has none)."""
+    """Achieved GOP/s and % of the peak at one latency percentile, and which peak ("-" where the result has none)."""
     gflops = (entry.get("gflops") or {}).get(key)
     percent = (entry.get("pct_of_peak") or {}).get(key)
     used = entry.get("peak_used") or {}
@@ -108,21 +108,31 @@ def achieved_cells(entry: dict[str, Any], key: str = "p50") -> list[str]:
     return [f"{gflops:.2f}" if gflops is not None else "-", f"{percent:.1f}" if percent is not None else "-", which]
 
 
+def falling_peak_warnings(dtype: str, where: str, values: dict[int, float]) -> list[str]:
+    """A warning for each step where a measured peak falls as threads are added: the machine was busy when it was
+    measured (a core's ceiling does not drop with a second core), so % of peak at the higher count reads high."""
+    counts = sorted(values)
+    return [f"warning: the {dtype} peak on {where} is lower at {more} threads ({values[more]:.1f}) than at {fewer} "
+            f"({values[fewer]:.1f}): the machine was busy when it was measured, so % of peak at {more} threads reads "
+            "high; measure again with an empty peak cache (~/.cache/toolchain/peak, or $TOOLCHAIN_CACHE/peak)"
+            for fewer, more in zip(counts, counts[1:]) if values[more] < values[fewer]]
+
+
 def _one_peak(label: str, peak: dict[str, Any] | None, note: str | None) -> str:
     return f"{label} peak {peak['source']}: {peak['method']}" if peak else (note or f"no {label} peak")
 
 
 def peak_note(compute: dict[str, Any] | None) -> str:
-    """Where the GFLOP/s and the peaks they are compared with come from (FP32 rows: float32, INT8 rows: INT8)."""
+    """Where the GOP/s and the peaks they are compared with come from (FP32 rows: float32, INT8 rows: INT8)."""
     if not compute:
-        return "GFLOP/s: this result has no compute section (measured before toolchain recorded MACs)"
+        return "GOP/s: this result has no compute section (measured before toolchain recorded MACs)"
     where = _one_peak("FP32", compute.get("peak"), compute.get("peak_note"))
     if "int8_peak" in compute:
         where += "; " + _one_peak("INT8", compute.get("int8_peak"), compute.get("int8_peak_note"))
     else:
         where += " (INT8 rows too: this record predates the INT8 peak)"
-    return (f"GFLOP/s = 2 x {compute['macs']:,} MACs x batch / latency ({compute['macs_source']}; integer ops for "
-            f"INT8); {where}")
+    return (f"GOP/s = 2 x {compute['macs']:,} MACs x batch / latency ({compute['macs_source']}; float ops on FP32 "
+            f"rows, integer ops on INT8 rows); {where}")
 
 
 def bench_notes(document: dict[str, Any]) -> list[str]:
@@ -138,7 +148,13 @@ def bench_notes(document: dict[str, Any]) -> list[str]:
         notes.append(f"{variant} is {_speed_words(ratio)} than fp32 at {threads} thread(s), batch {batch} "
                      f"(p50){emulated}")
     settings = document["settings"]
-    notes.append(peak_note(document.get("compute")))
+    compute = document.get("compute")
+    notes.append(peak_note(compute))
+    for section, key, label in (("peak", "fp32_gflops", "FP32"), ("int8_peak", "int8_gops", "INT8")):
+        peak = (compute or {}).get(section) or {}
+        if peak.get("source") == "measured":
+            values = {int(count): float(value) for count, value in (peak.get(key) or {}).items()}
+            notes += falling_peak_warnings(label, document["target"]["hostname"], values)
     notes.append(f"protocol: {settings['warmup']} warm-up + >= {settings['runs']} timed runs"
                  + (f" and >= {settings['min_time_s']:g} s" if settings["min_time_s"] else "")
                  + f"; peak RSS per measurement (fresh process); accuracy on {settings['evalset']['count']} eval images")
