@@ -169,7 +169,7 @@ def test_units_give_both_variants_the_same_nodes(profiled_hps: Profiled) -> None
     assert all(unit["ratio"] == pytest.approx(unit["int8_ms"] / unit["fp32_ms"]) for unit in found if unit["ratio"])
 
 
-def test_profile_on_the_host_stores_the_record_and_a_roofline(artifact_copy: Path, toolchain) -> None:
+def test_profile_on_the_host_stores_the_record_and_a_roofline(artifact_copy: Path, toolchain) -> None:  # noqa: F811
     from toolchain.graph.macs import graph_macs
 
     outcome = toolchain("profile", "--artifact", artifact_copy, "--runs", "20", "--top", "3", "--json")
@@ -191,7 +191,7 @@ def test_profile_on_the_host_stores_the_record_and_a_roofline(artifact_copy: Pat
     assert table.code == 0 and "top layers by time on local" in table.stdout and "INT8/FP32" in table.stdout
 
 
-def test_profile_and_optimize_refuse_what_they_cannot_do_in_one_line(toolchain, tmp_path: Path) -> None:
+def test_profile_and_optimize_refuse_what_they_cannot_do_in_one_line(toolchain, tmp_path: Path) -> None:  # noqa: F811
     assert_one_line_error(toolchain("profile"), 2, "exactly one of --artifact")
     assert_one_line_error(toolchain("optimize", "--model", "hps-06-0.5x", "--artifacts", tmp_path), 2,
                           "optimize measures on a target")

@@ -40,11 +40,17 @@ def accuracy_from_logits(logits: np.ndarray, labels: np.ndarray, top5: bool = Fa
     return Accuracy(top1=top1, count=int(len(labels)), top5=top5_pct)
 
 
-def open_session(path: str | Path, threads: int | None = None) -> "object":
-    """An onnxruntime CPU session with a fixed intra-op thread count (None: ORT's default)."""
+def open_session(path: str | Path, threads: int | None = None, optimize: bool = True) -> "object":
+    """An onnxruntime CPU session with a fixed intra-op thread count (None: ORT's default).
+
+    ``optimize`` False: no graph optimisation, every node runs as written (ORT otherwise fuses a
+    DequantizeLinear -> Conv -> QuantizeLinear into an integer conv, quantizing a float weight per tensor).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3

@@ -61,10 +61,20 @@ def check_parity(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol
 
     ``rounding``: per image, the reference's own float32 error (see `sample_tolerances`).
     """
-    diff = max_abs_diff(reference, candidate)
-    if diff == float("inf"):
+    if reference.shape != candidate.shape:  # (an inf logit also makes max_abs_diff inf: not a shape error)
         raise ParityError(f"{what}: shapes differ ({reference.shape} vs {candidate.shape})",
                           "check the model's output: the rewritten graph does not produce the same logits")
+    finite = [np.isfinite(_rows(values)).all(axis=1) for values in (reference, candidate)]
+    broken = ~(finite[0] & finite[1])
+    if broken.any():  # NaN or inf: no tolerance means anything (it would read "max |d| = nan ... tolerance nan")
+        first = int(np.flatnonzero(broken)[0])
+        where = " and ".join(side for side, ok in zip(("the reference's", "the checked model's"), finite)
+                             if not ok[first])
+        raise ParityError(f"{what}: logits are not finite (NaN or inf) on {int(broken.sum())} of {len(broken)} "
+                          f"eval images, first on image {first} ({where})",
+                          "the network computes NaN or inf in float32: check the checkpoint for non-finite weights "
+                          "(a diverged training run leaves them) or values that overflow float32")
+    diff = max_abs_diff(reference, candidate)
     tolerances = sample_tolerances(reference, atol, rtol, rounding)
     per_image = np.abs(_rows(reference) - _rows(candidate)).max(axis=1)
     ratio = per_image / np.maximum(tolerances, 1e-300)

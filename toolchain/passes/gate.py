@@ -25,8 +25,9 @@ class GatePass(Pass):
 
     name = "gate"
     # 2: exact ties of the top logits recorded; 3: --method auto tries more calibrations; 4: a fine-tune's drop is
-    # measured from the checkpoint it started from; 5: auto also tries the other format and per-tensor weights
-    version = 5
+    # measured from the checkpoint it started from; 5: auto also tries the other format and per-tensor weights;
+    # 6: ties in the ranking ordered by each node's effect on the logits
+    version = 6
 
     def config_record(self) -> dict[str, Any]:
         return {key: value for key, value in self.config.to_dict().items() if key in GATE_FIELDS}
@@ -62,7 +63,7 @@ class GatePass(Pass):
         calibrations = [search.calibration_record(seconds=record.note("quantization").get("calibration_seconds", 0.0))]
         if search.first.drop_pp > settings.max_drop and len(settings.calibration_methods) > 1:
             search = self._calibration_search(search, record, context, calibrations)
-        chosen, ranking, candidates = self._search(search, record, context)
+        chosen, ranking, candidates, tie_break = self._search(search, record, context)
         step, path = search.attempts[chosen]
         compact_names(path)
         shipped = folder / "model.int8.onnx"
@@ -80,6 +81,7 @@ class GatePass(Pass):
                 "kept_float": list(step.kept_float), "excluded_by_user": list(settings.exclude_nodes),
                 "quantizable_nodes": candidates, "steps": [item.to_dict() for item in search.steps()],
                 "sensitivity": [score.to_dict() for score in ranking[:max(10, len(step.kept_float))]],
+                **({"tie_break": tie_break} if tie_break else {}),
                 "seconds": time.perf_counter() - started}
         return replace(record, int8=shipped).with_files(predictions=predictions).with_notes(
             quantization=gate, accuracy={"fp32": fp32.to_dict(), "int8": int8.to_dict(), "drop_pp": drop,
@@ -129,14 +131,15 @@ class GatePass(Pass):
         return best
 
     def _search(self, search: "GateSearch", record: ModelRecord, context: "PassContext"
-                ) -> tuple[tuple[str, ...], list, int]:
-        """(the nodes to keep in float, the ranking, how many nodes INT8 quantizes), on the search's calibration."""
+                ) -> tuple[tuple[str, ...], list, int, dict | None]:
+        """(the nodes to keep in float, the ranking, how many nodes INT8 quantizes, how its ties were broken),
+        on the search's calibration."""
         import onnx
 
         from toolchain.graph.qdq import quantizable_nodes
         from toolchain.quantization.gate import SENSITIVITY_IMAGES, kept_float_limit
         from toolchain.quantization.ort import quantize_static_int8, quantized_op_types
-        from toolchain.quantization.sensitivity import score_nodes
+        from toolchain.quantization.sensitivity import rank_nodes
 
         settings: QuantSettings = search.settings
         prepared, cache = search.prepared, search.cache
@@ -147,15 +150,19 @@ class GatePass(Pass):
         candidates = len(quantizable_nodes(onnx.load(str(twin)), op_types))
         first = search.first
         if first.drop_pp <= settings.max_drop:
-            return (), [], candidates
+            return (), [], candidates, None
         limit = kept_float_limit(settings, candidates)
         context.on_message(f"drop {first.drop_pp:.2f} pp exceeds --max-drop {settings.max_drop:g}: scoring "
                            f"{candidates} quantized nodes, keeping at most {limit} in float")
-        ranking = score_nodes(prepared, twin, context.calibration.images[:SENSITIVITY_IMAGES], record.input_name,
-                              op_types)
+        ranking, tie_break = rank_nodes(prepared, twin, context.calibration.images[:SENSITIVITY_IMAGES],
+                                        record.input_name, op_types, head=limit)
+        if tie_break["groups"]:
+            moved = sum(group["reordered"] for group in tie_break["groups"])
+            context.on_message(f"{len(tie_break['groups'])} tie(s) in the ranking ordered by each node's effect on "
+                               f"the logits ({tie_break['measured_nodes']} node(s) measured, {moved} order(s) changed)")
         names = tuple(score.node for score in ranking)
         count = search.smallest_passing(names, min(limit, len(names)), candidates)
-        return search.pruned(names[:count]), ranking, candidates
+        return search.pruned(names[:count]), ranking, candidates, tie_break
 
 
 def fine_tune_baseline(context: "PassContext") -> dict | None:

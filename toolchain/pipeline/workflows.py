@@ -396,10 +396,13 @@ def _export_after_qat(request: ExportRequest, failure: AccuracyGateError | None,
             _remove_qat_checkpoint(request.artifacts, tuned.checkpoint)
         epochs = f"{tuned.record.get('epochs_run', '?')} epoch(s)"
         if isinstance(after, ParityError):  # the fine-tune's own FP32 export is unusable: say what failed first
-            measured = f"; {failure.message}" if failure is not None else ""
-            raise ParityError(f"quantization-aware fine-tuning ({epochs}) left {checkpoint.name} numerically "
-                              f"unusable: {after.message}{measured}",
-                              failure.hint if failure is not None else after.hint) from None
+            removed = "" if tuned.reused else " (removed)"
+            measured = f"; post-training INT8 failed first: {failure.message}" if failure is not None else ""
+            raise ParityError(f"quantization-aware fine-tuning ({epochs}) of {checkpoint} gave a checkpoint"
+                              f"{removed} whose FP32 fails parity: {after.message}{measured}",
+                              "the fine-tune broke the float network: " +
+                              (f"pass --no-qat and {failure.hint}" if failure is not None else
+                               "export without --qat")) from None
         raise AccuracyGateError(f"{after.message}, after quantization-aware fine-tuning ({epochs})",
                                 f"{after.hint}, or more QAT (--qat-epochs, --qat-images)") from None
 
