@@ -106,3 +106,25 @@ def test_non_finite_logits_are_named_not_measured():
     assert failed.value.message == ("export: logits are not finite (NaN or inf) on 1 of 3 eval images, first on "
                                     "image 1 (the checked model's)")
     assert "non-finite weights" in failed.value.hint
+
+
+def test_any_other_failure_after_the_fine_tune_leaves_the_store_as_it_was(tiny_hps_checkpoint, monkeypatch, tmp_path):
+    """The fine-tune's export fails for another reason (here its checkpoint is cut short on disk): the fresh
+    fine-tune is removed too, and the error is the real one."""
+    from toolchain.errors import CheckpointError
+
+    real, written = qat.fine_tune, []
+
+    def fine_tune(*args, **kwargs):
+        result = real(*args, **kwargs)
+        data = result.checkpoint.read_bytes()
+        result.checkpoint.write_bytes(data[: len(data) // 2])
+        written.append(result.checkpoint)
+        return result
+
+    monkeypatch.setattr(qat, "fine_tune", fine_tune)
+    store = tmp_path / "store"
+    with pytest.raises(CheckpointError):
+        run_export(ExportRequest(model="hps-06-0.25x", checkpoint=tiny_hps_checkpoint, artifacts=store,
+                                 eval_count=SMALL_EVAL, qat="on", qat_settings=QUICK))
+    assert written and not written[0].exists() and _store_files(store) == []

@@ -405,6 +405,10 @@ def _export_after_qat(request: ExportRequest, failure: AccuracyGateError | None,
                                "export without --qat")) from None
         raise AccuracyGateError(f"{after.message}, after quantization-aware fine-tuning ({epochs})",
                                 f"{after.hint}, or more QAT (--qat-epochs, --qat-images)") from None
+    except BaseException:  # any other failure or Ctrl-C in the export: the store is left as it was, too
+        if not tuned.reused:
+            _remove_qat_checkpoint(request.artifacts, tuned.checkpoint)
+        raise
 
 
 def _remove_qat_checkpoint(artifacts: Path, checkpoint: Path) -> None:
