@@ -21,6 +21,7 @@ import pytest
 from tests.fixtures.deploy import DeployArtifacts, artifact_copy
 from tests.fixtures.fleet import LoopbackFleet, loopback_fleet
 from tests.fixtures.sshd import sshd_prerequisites
+from tests.test_ssh_routes import Route, route  # noqa: F401 - a fixture: the jump host and the target behind it
 from toolchain.errors import InventoryError, UsageError
 from toolchain.fleet.inventory import read_inventory, select_hosts
 from toolchain.fleet.run import FleetOptions, host_profile
@@ -215,6 +216,48 @@ def test_ctrl_c_closes_every_hosts_session_releases_the_locks_and_records_the_ru
             session.read_facts()
             with session.locked("test: the lock is free again"):
                 pass
+
+
+def test_fleet_deploys_and_benches_a_host_behind_a_jump_host_beside_a_direct_one(
+        fleet: LoopbackFleet, route: Route, deploy_artifacts: DeployArtifacts, tmp_path: Path) -> None:  # noqa: F811
+    import socket
+
+    network, workdir = route.network, tmp_path / "behind-work"
+    with pytest.raises(OSError):  # this machine has no route to the target: only the jump host reaches it
+        socket.create_connection((network.target_address, 22), timeout=2).close()
+    inventory = tmp_path / "inventory.ini"
+    # what an Ansible user writes for a host behind a bastion
+    inventory.write_text(fleet.inventory.read_text() + "\n[behind]\n"
+                         f"board-behind ansible_host={network.target_address} ansible_user=root "
+                         f"ansible_ssh_private_key_file={route.target.client_key} "
+                         f"ansible_ssh_common_args='-o ProxyJump=root@{network.jump_address}' "
+                         f"toolchain_known_hosts={route.known_hosts} toolchain_workdir={workdir} "
+                         f"ansible_python_interpreter={sys.executable}\n")
+    store = tmp_path / "store"
+    artifact = artifact_copy(deploy_artifacts.loadable_by_1_16, store)
+    common = ["-i", str(inventory), "--limit", "board-a,behind", "--artifact", str(artifact), "--artifacts",
+              str(store), "--forks", "2", "--json"]
+    jumped = f"jump host root@{network.jump_address}:22"
+
+    deployed = toolchain("fleet", "deploy", *common)
+    assert deployed.returncode == 0, deployed.stderr
+    hosts = by_host(json.loads(deployed.stdout))
+    assert set(hosts) == {"board-a", "board-behind"} and {item["status"] for item in hosts.values()} == {"ok"}
+    assert hosts["board-behind"]["via"] == jumped and hosts["board-a"]["via"] == ""
+    assert hosts["board-behind"]["address"] == f"root@{network.target_address}:22"
+    assert hosts["board-behind"]["bytes_sent"] > 0 and (workdir / artifact.name / "deploy.json").is_file()
+    assert "board-behind: ok in " in deployed.stderr and f"via {jumped}" in deployed.stderr
+
+    benched = toolchain("fleet", "bench", *common, *BENCH_QUICK)
+    assert benched.returncode == 0, benched.stderr
+    hosts = by_host(json.loads(benched.stdout))
+    assert {item["status"] for item in hosts.values()} == {"ok"} and hosts["board-behind"]["via"] == jumped
+    assert not hosts["board-behind"]["deployed"]  # found there, through the jump host
+    record = json.loads(Path(hosts["board-behind"]["bench_record"]).read_text())
+    assert record["remote"]["host"] == "board-behind" and record["remote"]["address"] == hosts["board-behind"]["address"]
+    assert {row["variant"] for row in hosts["board-behind"]["rows"]} == {"fp32", "int8"}
+    stored = by_host(json.loads((store / "fleet" / "last-bench.json").read_text()))
+    assert stored["board-behind"]["via"] == jumped
 
 
 @pytest.mark.emulated

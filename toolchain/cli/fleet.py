@@ -82,7 +82,7 @@ class HostBoard:
             result: "HostResult" = data
             self._bar.update(task, status=result.status)
             if result.status == "ok":
-                info(f"{host}: ok in {result.seconds:.1f} s")
+                info(f"{host}: ok in {result.seconds:.1f} s" + (f" via {result.via}" if result.via else ""))
             else:
                 warn(f"{host}: {result.status} after {result.seconds:.1f} s: {result.error}")
 
@@ -109,7 +109,7 @@ def _show(run: "FleetRun", action: str) -> None:
         columns += ["fp32 p50 ms", "int8 p50 ms"]
     rows = []
     for result in run.results:
-        row: list[Any] = [result.host, result.address, result.status, f"{result.seconds:.1f}",
+        row: list[Any] = [result.host, result.address + (f" via {result.via}" if result.via else ""), result.status, f"{result.seconds:.1f}",
                           f"{result.bytes_sent:,}" if result.deployed else "-"]
         if action == "bench":
             for variant in ("fp32", "int8"):
