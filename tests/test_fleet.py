@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 from tests.fixtures.deploy import DeployArtifacts, artifact_copy
 from tests.fixtures.fleet import LoopbackFleet, loopback_fleet
 from tests.fixtures.sshd import sshd_prerequisites
+from tests.test_ssh_routes import Route, route  # noqa: F401 - a fixture: the jump host and the target behind it
 from toolchain.errors import InventoryError, UsageError
 from toolchain.fleet.inventory import read_inventory, select_hosts
 from toolchain.fleet.run import FleetOptions, host_profile
@@ -179,42 +181,116 @@ def test_an_unreachable_host_fails_alone_and_a_bad_inventory_is_one_error(fleet:
     assert result.returncode == 2 and "matches no host" in result.stderr
 
 
-def test_ctrl_c_closes_every_hosts_session_releases_the_locks_and_records_the_run(
+def agents_on(workdir: Path) -> list[str]:
+    """The benchmark agents (and their measuring workers) running on a loopback target: processes of the target's
+    login user (this one) whose command line names that target's work folder."""
+    import getpass
+
+    found = subprocess.run(["pgrep", "-a", "-u", getpass.getuser(), "-f", "bench_agent"], capture_output=True,
+                           text=True).stdout.splitlines()
+    return [line for line in found if str(workdir) in line]
+
+
+def test_ctrl_c_mid_bench_stops_every_agent_releases_the_locks_and_keeps_nothing_half_written(
         fleet: LoopbackFleet, deploy_artifacts: DeployArtifacts, tmp_path: Path) -> None:
     from toolchain.remote.session import TargetSession
     from toolchain.remote.target import open_transport
 
+    names = ("board-a", "board-b")
     store = tmp_path / "store"
     artifact = artifact_copy(deploy_artifacts.loadable_by_1_16, store)
-    process = subprocess.Popen([TOOLCHAIN, "fleet", "bench", "-i", str(fleet.inventory), "--limit", "board-a,board-b",
+    process = subprocess.Popen([TOOLCHAIN, "fleet", "bench", "-i", str(fleet.inventory), "--limit", ",".join(names),
                                 "--artifact", str(artifact), "--artifacts", str(store), "--forks", "2",
-                                "--threads", "1", "--warmup", "1", "--runs", "3", "--min-time", "30"],
+                                # a long warmup reports every 50,000 runs: the agents are silent when Ctrl-C comes
+                                "--threads", "1", "--warmup", "1000000", "--runs", "3"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    locks = [fleet.hosts[name].workdir / ".lock" for name in ("board-a", "board-b")]
+    workdirs = [fleet.hosts[name].workdir for name in names]
     deadline = time.monotonic() + 120
-    # both agents are running: each host's deploy happened and its bench holds the lock
-    while not all((fleet.hosts[name].workdir / artifact.name / "deploy.json").exists()
-                  for name in ("board-a", "board-b")) or fleet.counter.open < 2:
+    # both hosts are mid-bench: each one's agent has a worker measuring (deployed first where it had to be)
+    while not all(any("--worker" in line for line in agents_on(workdir)) for workdir in workdirs):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.2)
-    time.sleep(3)
+    time.sleep(1)
+    before = {workdir: {path.name for path in (workdir / artifact.name).iterdir()} for workdir in workdirs}
+    # what the agents would write: their results in the artifact's folder, their workers' in scratch folders
+    outputs = [Path(match) for workdir in workdirs for line in agents_on(workdir)
+               for match in re.findall(r"--output (\S+)", line)]
+    assert len({path.parent for path in outputs}) == 4, outputs  # per host: the artifact's folder and a scratch
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
-    assert "error: interrupted" in stderr and "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    # one line: what was interrupted and what is left; one hint: how to finish
+    assert lines[-2] == (f"error: interrupted: fleet bench of {artifact.parent.name} stopped on board-a, board-b; "
+                         "not started: none; finished: none"), stderr
+    assert lines[-1].startswith("hint: ") and f"-i {fleet.inventory} --retry-failed" in lines[-1]
+    assert "Traceback" not in stderr
     record = json.loads((store / "fleet" / "last-bench.json").read_text())
-    assert record["interrupted"] and set(record["failed"]) == {"board-a", "board-b"}
-    time.sleep(0.5)
+    assert record["interrupted"] and set(record["failed"]) == set(names)
+    assert [path.name for path in (store / "fleet").iterdir()] == ["last-bench.json"]
+    # on the targets: no agent left measuring after a short grace period
+    deadline = time.monotonic() + 5
+    while any(agents_on(workdir) for workdir in workdirs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [agents_on(workdir) for workdir in workdirs] == [[], []]
     assert fleet.counter.open == 0
-    assert not list((artifact / "bench").glob("*")) if (artifact / "bench").exists() else True
+    # nothing half-written on either side: no bench record here, no new result and no scratch folder there
+    assert not (artifact / "bench").exists() or list((artifact / "bench").iterdir()) == []
+    for workdir in workdirs:
+        assert {path.name for path in (workdir / artifact.name).iterdir()} == before[workdir]
+    for path in outputs:
+        assert not path.exists()
+        assert path.parent.name.startswith("bench-agent-") == (not path.parent.exists()), path
     hosts = {host.name: host for host in read_inventory(fleet.inventory)}
-    for name, lock in zip(("board-a", "board-b"), locks):
+    for name in names:  # and each target's lock is free again
         profile = host_profile(hosts[name], FleetOptions()).with_overrides(command_timeout=10)
         with open_transport(profile) as transport:
             session = TargetSession(transport, profile)
             session.read_facts()
             with session.locked("test: the lock is free again"):
                 pass
+
+
+def test_fleet_deploys_and_benches_a_host_behind_a_jump_host_beside_a_direct_one(
+        fleet: LoopbackFleet, route: Route, deploy_artifacts: DeployArtifacts, tmp_path: Path) -> None:  # noqa: F811
+    import socket
+
+    network, workdir = route.network, tmp_path / "behind-work"
+    with pytest.raises(OSError):  # this machine has no route to the target: only the jump host reaches it
+        socket.create_connection((network.target_address, 22), timeout=2).close()
+    inventory = tmp_path / "inventory.ini"
+    # what an Ansible user writes for a host behind a bastion
+    inventory.write_text(fleet.inventory.read_text() + "\n[behind]\n"
+                         f"board-behind ansible_host={network.target_address} ansible_user=root "
+                         f"ansible_ssh_private_key_file={route.target.client_key} "
+                         f"ansible_ssh_common_args='-o ProxyJump=root@{network.jump_address}' "
+                         f"toolchain_known_hosts={route.known_hosts} toolchain_workdir={workdir} "
+                         f"ansible_python_interpreter={sys.executable}\n")
+    store = tmp_path / "store"
+    artifact = artifact_copy(deploy_artifacts.loadable_by_1_16, store)
+    common = ["-i", str(inventory), "--limit", "board-a,behind", "--artifact", str(artifact), "--artifacts",
+              str(store), "--forks", "2", "--json"]
+    jumped = f"jump host root@{network.jump_address}:22"
+
+    deployed = toolchain("fleet", "deploy", *common)
+    assert deployed.returncode == 0, deployed.stderr
+    hosts = by_host(json.loads(deployed.stdout))
+    assert set(hosts) == {"board-a", "board-behind"} and {item["status"] for item in hosts.values()} == {"ok"}
+    assert hosts["board-behind"]["via"] == jumped and hosts["board-a"]["via"] == ""
+    assert hosts["board-behind"]["address"] == f"root@{network.target_address}:22"
+    assert hosts["board-behind"]["bytes_sent"] > 0 and (workdir / artifact.name / "deploy.json").is_file()
+    assert "board-behind: ok in " in deployed.stderr and f"via {jumped}" in deployed.stderr
+
+    benched = toolchain("fleet", "bench", *common, *BENCH_QUICK)
+    assert benched.returncode == 0, benched.stderr
+    hosts = by_host(json.loads(benched.stdout))
+    assert {item["status"] for item in hosts.values()} == {"ok"} and hosts["board-behind"]["via"] == jumped
+    assert not hosts["board-behind"]["deployed"]  # found there, through the jump host
+    record = json.loads(Path(hosts["board-behind"]["bench_record"]).read_text())
+    assert record["remote"]["host"] == "board-behind" and record["remote"]["address"] == hosts["board-behind"]["address"]
+    assert {row["variant"] for row in hosts["board-behind"]["rows"]} == {"fp32", "int8"}
+    stored = by_host(json.loads((store / "fleet" / "last-bench.json").read_text()))
+    assert stored["board-behind"]["via"] == jumped
 
 
 @pytest.mark.emulated

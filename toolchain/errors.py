@@ -161,5 +161,11 @@ class FleetFailedError(ToolchainError):
         self.exit_code = max(1, min(failed, 125))
 
 
+class FleetInterruptedError(ToolchainError):
+    """Ctrl-C stopped a fleet run: what was stopped and what is left, exit 130 (as any interruption)."""
+
+    exit_code = 130
+
+
 class EmulatedTargetError(ToolchainError):
     """The emulated Bluebox cannot be built, started or stopped (root, qemu-user binfmt, debootstrap)."""

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -304,6 +305,7 @@ def run(options):
     if not os.path.isdir(output_folder):
         raise AgentError("output folder {} does not exist".format(output_folder))
     scratch = tempfile.mkdtemp(prefix="bench-agent-")
+    common.when_caller_gone(lambda: shutil.rmtree(scratch, ignore_errors=True))
     try:
         results = run_measurements(options, models, thread_counts, scratch)
     finally:
@@ -326,6 +328,7 @@ def run(options):
 
 def main(argv=None):
     options = arguments(sys.argv[1:] if argv is None else argv)
+    common.end_with_caller()  # the workers too: they share this stderr
     if options.worker is not None:
         return run_worker(options)
     try:

@@ -81,6 +81,7 @@ def write_json_atomic(path, document):
     """JSON (indented, sorted keys) to a temporary file beside `path`, then renamed into place."""
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(prefix=".tc-json-", suffix=".tmp", dir=folder)
+    _PENDING.add(temporary)  # removed by end_with_caller's exit too
     try:
         with os.fdopen(handle, "w") as stream:
             json.dump(document, stream, indent=2, sort_keys=True)
@@ -90,6 +91,68 @@ def write_json_atomic(path, document):
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    finally:
+        _PENDING.discard(temporary)
+
+
+# temporary files being written, and what to undo, when the caller goes away (see end_with_caller)
+_PENDING = set()
+_ON_CALLER_GONE = []
+CALLER_GONE_STATUS = 129  # 128 + SIGHUP: what a terminal's hang-up would have made of it
+
+
+def when_caller_gone(action):
+    """Run `action()` (no arguments, errors ignored) if end_with_caller ends this process."""
+    _ON_CALLER_GONE.append(action)
+
+
+def end_with_caller():
+    """End this process at once when whoever reads its stderr goes away: the SSH session closed (Ctrl-C on
+    the host, a dropped link) or the host-side process died.
+
+    sshd sends no signal to the commands of a session without a terminal when the session ends: they would
+    run on until their next write to the closed pipe, minutes in a silent phase, and could still write a
+    result nobody fetches. A thread waits on stderr (poll for POLLERR/POLLHUP: the pipe's reader closed; no
+    byte is sent), then removes the temporary files being written, runs the `when_caller_gone` actions and
+    exits with CALLER_GONE_STATUS. Only where stderr is a pipe or a socket (not a file or a terminal).
+    """
+    import select
+    import stat
+    import threading
+
+    try:
+        mode = os.fstat(2).st_mode
+    except OSError:
+        return
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)) or not hasattr(select, "poll"):
+        return
+    gone = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+    def watch():
+        poller = select.poll()
+        poller.register(2, gone)
+        while True:
+            try:
+                events = poller.poll()
+            except (OSError, IOError):  # EINTR on Python < 3.5's retry
+                continue
+            if any(event & gone for _, event in events):
+                break
+        for temporary in list(_PENDING):
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+        for action in _ON_CALLER_GONE:
+            try:
+                action()
+            except Exception:  # the process is ending: nothing is left to report to
+                pass
+        os._exit(CALLER_GONE_STATUS)
+
+    thread = threading.Thread(target=watch, name="caller-watch")
+    thread.daemon = True
+    thread.start()
 
 
 def timed_repeats(step, min_time, repeats):

@@ -159,6 +159,7 @@ def node_times(trace_path, warmup):
 def profile_model(variant, path, images, threads, batch, warmup, runs, report):
     """One model's per-node profile, in this process, with its optimised graph."""
     scratch = tempfile.mkdtemp(prefix="profile-agent-")
+    common.when_caller_gone(lambda: shutil.rmtree(scratch, ignore_errors=True))
     optimized = os.path.join(scratch, "optimized.onnx")
     levels = []
 
@@ -226,6 +227,7 @@ def run(options):
 
 def main(argv=None):
     options = arguments(sys.argv[1:] if argv is None else argv)
+    common.end_with_caller()
     try:
         run(options)
     except Exception as exc:  # every failure ends as one ERROR line and exit status 1

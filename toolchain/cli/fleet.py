@@ -15,7 +15,7 @@ import typer
 from toolchain.cli.common import artifact_folder
 from toolchain.cli.options import DEFAULT_ARTIFACTS, ArtifactsOption, JsonOption, OptionalModelOption
 from toolchain.cli.output import emit_json, info, progress, table, warn
-from toolchain.errors import FleetFailedError
+from toolchain.errors import FleetFailedError, FleetInterruptedError
 
 if TYPE_CHECKING:
     from toolchain.fleet.inventory import InventoryHost
@@ -82,7 +82,7 @@ class HostBoard:
             result: "HostResult" = data
             self._bar.update(task, status=result.status)
             if result.status == "ok":
-                info(f"{host}: ok in {result.seconds:.1f} s")
+                info(f"{host}: ok in {result.seconds:.1f} s" + (f" via {result.via}" if result.via else ""))
             else:
                 warn(f"{host}: {result.status} after {result.seconds:.1f} s: {result.error}")
 
@@ -109,7 +109,7 @@ def _show(run: "FleetRun", action: str) -> None:
         columns += ["fp32 p50 ms", "int8 p50 ms"]
     rows = []
     for result in run.results:
-        row: list[Any] = [result.host, result.address, result.status, f"{result.seconds:.1f}",
+        row: list[Any] = [result.host, result.address + (f" via {result.via}" if result.via else ""), result.status, f"{result.seconds:.1f}",
                           f"{result.bytes_sent:,}" if result.deployed else "-"]
         if action == "bench":
             for variant in ("fp32", "int8"):
@@ -143,10 +143,21 @@ def _fleet(action: str, inventory: Path, limit: str | None, forks: int, retry: b
     info(f"fleet {action} of {loaded.model} {loaded.artifact_id} on {len(hosts)} host(s), {min(forks, len(hosts))} "
          "at once")
     stored: list[Path] = []
-    with HostBoard(hosts) as board:
-        run = run_fleet(action, hosts, loaded, forks=forks, bench_overrides=bench_overrides, options=options,
-                        index=WheelIndex(wheel_dir=wheels) if wheels else None, inventory=inventory, on_event=board,
-                        on_finish=lambda done: stored.append(save_record(artifacts, done, previous)))
+    ended: list["FleetRun"] = []
+
+    def finished(done: "FleetRun") -> None:
+        ended.append(done)
+        stored.append(save_record(artifacts, done, previous))
+
+    try:
+        with HostBoard(hosts) as board:
+            run = run_fleet(action, hosts, loaded, forks=forks, bench_overrides=bench_overrides, options=options,
+                            index=WheelIndex(wheel_dir=wheels) if wheels else None, inventory=inventory,
+                            on_event=board, on_finish=finished)
+    except KeyboardInterrupt:
+        if not ended:
+            raise
+        raise _interrupted(ended[0], inventory, stored[0] if stored else None) from None
     if json_output:
         emit_json({**run.to_dict(), "record": str(stored[0])})
     else:
@@ -158,6 +169,25 @@ def _fleet(action: str, inventory: Path, limit: str | None, forks: int, retry: b
                                + ", ".join(item.host for item in failed),
                                f"each host's error is above; rerun just those: toolchain fleet {action} -i {inventory} "
                                "--retry-failed", failed=len(failed))
+
+
+def _interrupted(run: "FleetRun", inventory: Path, record: Path | None) -> FleetInterruptedError:
+    """Ctrl-C: which hosts were stopped mid-way, which never started, which had finished; how to finish."""
+    from toolchain.fleet.run import INTERRUPTED, OK
+
+    def names(items: list["HostResult"]) -> str:
+        return ", ".join(item.host for item in items) or "none"
+
+    stopped = [item for item in run.results if item.status == INTERRUPTED and item.started]
+    waiting = [item for item in run.results if item.status == INTERRUPTED and not item.started]
+    done = [item for item in run.results if item.status == OK]
+    left = [item for item in run.results if item.status != OK]
+    return FleetInterruptedError(
+        f"interrupted: fleet {run.action} of {run.model} stopped on {names(stopped)}; not started: {names(waiting)}; "
+        f"finished: {names(done)}" + (f"; failed: {names([i for i in left if i not in stopped + waiting])}"
+                                      if len(left) > len(stopped) + len(waiting) else ""),
+        f"nothing half-written was kept there or here; finish the {len(left)} host(s) left: toolchain fleet "
+        f"{run.action} -i {inventory} --retry-failed" + (f" (the record: {record})" if record else ""))
 
 
 def _options(target: str | None, identity_file: Path | None, known_hosts: Path | None, jump: str | None,

@@ -86,7 +86,7 @@ def run(
     system, prepare = _system(connection)
     info(f"sweep {spec.name}: {spec.size} point(s) in the space, {spec.trials} trial(s), sampler {spec.sampler}, "
          f"{workers} worker(s) on {'Ray at ' + ray_address if ray_address else 'a local Ray'}, latency on "
-         f"{system.name}")
+         f"{system.name}" + (f" ({system.profile.address})" if hasattr(system, "profile") else ""))
     outcome = run_sweep(spec, artifacts, system, workers=workers, ray_address=ray_address, data_dir=data_dir,
                         prepare=prepare, on_event=_show_event)
     info(f"{outcome.ran} trial(s) run now; the study: {outcome.folder / 'study.db'}")

@@ -72,9 +72,12 @@ class HostResult:
     bytes_sent: int = 0
     bench_record: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    #: how the connection went: "" (directly), "jump host user@bastion:22[, ...]" or "ProxyCommand"
+    via: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"host": self.host, "status": self.status, "address": self.address, "profile": self.profile,
+        return {"host": self.host, "status": self.status, "address": self.address, "via": self.via,
+                "profile": self.profile,
                 "emulated": self.emulated, "started": self.started, "seconds": round(self.seconds, 3),
                 "error": self.error, "hint": self.hint, "deployed": self.deployed, "bytes_sent": self.bytes_sent,
                 "bench_record": self.bench_record, "rows": self.rows}
@@ -159,6 +162,14 @@ def host_profile(host: InventoryHost, options: FleetOptions) -> TargetProfile:
                            python=text("ansible_python_interpreter") or options.python)
 
 
+def route_of(profile: TargetProfile) -> str:
+    """How a profile's connections go: through its ProxyJump hops (outermost first), its ProxyCommand, or ""."""
+    if profile.jumps:
+        return "jump host " + ", ".join(f"{hop.user + '@' if hop.user else ''}{hop.host}:{hop.port}"
+                                        for hop in profile.jumps)
+    return "ProxyCommand" if profile.proxy_command else ""
+
+
 # --- one host's work --------------------------------------------------------------------------
 
 
@@ -216,6 +227,7 @@ def _host_work(action: str, host: InventoryHost, artifact: Artifact, bench_overr
 
     profile = host_profile(host, options)
     result.address, result.profile, result.emulated = profile.address, profile.name, profile.emulated
+    result.via = route_of(profile)
     needs_deploy = action == DEPLOY
     if action == BENCH:
         message("checking the deployed artifact")

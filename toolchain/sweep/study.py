@@ -216,7 +216,12 @@ LOCAL_RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray's own switch for "no cluster": the node address is 127.0.0.1
     # the metadata probes use `requests`, which honours these: sent to a closed loopback port, refused at once
     "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": "",
+    # a cluster made by `ray start` (not by ray.init) posts "usage disabled" to usage-stats.ray.io from its
+    # dashboard process, resolving that name first (measured with strace): the report goes to a closed port
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
 }
+# how long the driver waits for an existing cluster's GCS to answer before it says it cannot reach it
+CLUSTER_CONNECT_TIMEOUT_S = 5.0
 
 
 @contextlib.contextmanager
@@ -233,15 +238,74 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _cluster_endpoint(address: str) -> tuple[str, int] | None:
+    """host and port of a `--ray-address` (`host:port`, `ray://host:port`, `[v6]:port`); None for `auto` and
+    anything Ray resolves itself."""
+    import re
+
+    match = re.fullmatch(r"(?:ray://)?(\[[0-9a-fA-F:.]+\]|[^:/\s]+):([0-9]{1,5})/?", address.strip())
+    if match is None or not 0 < int(match.group(2)) < 65536:
+        return None
+    return match.group(1).strip("[]"), int(match.group(2))
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS) answers with its SETTINGS
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def check_cluster(address: str, timeout: float = CLUSTER_CONNECT_TIMEOUT_S) -> None:
+    """Fail fast where `--ray-address` cannot be a Ray cluster: nothing listens, no route, or what answers
+    does not speak gRPC. Ray itself keeps retrying a dead GCS for minutes (measured: > 2 min, Ray 2.60)."""
+    import socket
+
+    endpoint = _cluster_endpoint(address)
+    if endpoint is None:
+        return
+    host, port = endpoint
+    hint = ("start the cluster (`ray start --head --port PORT` on the head node) or check the address with "
+            "`ray status --address ADDRESS`; drop --ray-address to run on a local Ray")
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            if os.environ.get("RAY_USE_TLS", "0") not in ("", "0"):
+                return  # a TLS GCS answers the preface only after the handshake: Ray's own check follows
+            connection.settimeout(timeout)
+            connection.sendall(_H2_PREFACE)
+            frame = connection.recv(9)
+    except socket.timeout:
+        raise ArtifactError(f"cannot reach the Ray cluster at {address}: no answer within {timeout:g} s", hint) from None
+    except OSError as error:
+        raise ArtifactError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}", hint) from None
+    if len(frame) < 4 or frame[3] != 0x04:
+        raise ArtifactError(f"cannot reach the Ray cluster at {address}: what listens there is not a Ray GCS "
+                            "(it does not speak gRPC)", hint)
+
+
 def _start_ray(address: str | None, workers: int) -> Callable[[], None]:
     # Ray reports usage to its own servers unless told not to: this tool talks to no one it was not told to
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     temp = None
     try:
         if address:
-            import ray
+            check_cluster(address)
+            endpoint = _cluster_endpoint(address)
+            # a cluster on this machine's loopback: the driver's own address is 127.0.0.1 too (left to itself
+            # Ray rewrites 127.0.0.1 to the LAN address, found by routing towards 8.8.8.8, and cannot connect)
+            loopback = endpoint is not None and _is_loopback(endpoint[0])
+            with _environment(LOCAL_RAY_ENV if loopback else {}):
+                import ray
 
-            ray.init(address=address, log_to_driver=False, logging_level="error")
+                ray.init(address=address, log_to_driver=False, logging_level="error")
         else:
             # a short folder of our own: Ray's socket paths must fit in 107 bytes
             temp = tempfile.mkdtemp(prefix="tcray-", dir="/tmp")
@@ -252,16 +316,21 @@ def _start_ray(address: str | None, workers: int) -> Callable[[], None]:
                          _temp_dir=temp, _node_ip_address="127.0.0.1")
     except ImportError:
         raise UsageError("ray is not installed", "pip install ray (see pyproject.toml)") from None
+    except ToolchainError:
+        raise
     except Exception as error:  # ConnectionError, RuntimeError, ray's own: one line, where and what to do
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
         where = f"Ray cluster at {address}" if address else "a local Ray instance"
-        raise ArtifactError(f"cannot start {where}: {type(error).__name__}: {_first_line(error)}",
-                            "check --ray-address (ray status on the head node), or drop it to run locally"
-                            if address else "check /tmp has room and that `python -c 'import ray'` works") from None
+        hint = ("check --ray-address (ray status on the head node), or drop it to run locally" if address
+                else "check /tmp has room and that `python -c 'import ray'` works")
+        if "AuthToken" in str(error) or type(error).__name__ == "AuthenticationError":
+            hint = ("the cluster uses token authentication: set RAY_AUTH_MODE=token and its token "
+                    "(RAY_AUTH_TOKEN, or the file RAY_AUTH_TOKEN_PATH names) for this command")
+        raise ArtifactError(f"cannot start {where}: {type(error).__name__}: {_first_line(error)}", hint) from None
 
     def stop() -> None:
-        ray.shutdown()
+        ray.shutdown()  # a driver's connection only: an existing cluster keeps running
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
 
@@ -324,6 +393,7 @@ def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSy
         import ray
 
         remote = ray.remote(num_cpus=1, max_retries=0)(run_trial)
+        cluster = ray.get_runtime_context().gcs_address  # where the trials run (the GCS of that Ray)
         in_flight: dict[Any, Any] = {}
         ran, repeats = 0, 0
         try:
@@ -340,6 +410,7 @@ def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSy
                     repeats = 0
                     seen.add(key)
                     trial.set_user_attr("model", trial_model(spec, trial.params))
+                    trial.set_user_attr("ray_cluster", cluster)
                     ref = remote.remote(spec, trial.params, str(artifacts.resolve()),
                                         str(data_dir.resolve()) if data_dir else None)
                     in_flight[ref] = trial
@@ -356,7 +427,7 @@ def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSy
                                "hint": "see the Ray worker logs; the trial is recorded as failed"}
                 ran += 1
                 counted += 1
-                for name in ("worker_host", "worker_pid", "ray_node_ip", "train_run", "epochs_done", "budget_stopped",
+                for name in ("worker_host", "worker_pid", "ray_node_ip", "ray_node_id", "train_run", "epochs_done", "budget_stopped",
                              "trained_now", "train_seconds", "artifact", "artifact_id", "export_cached",
                              "export_seconds", "fp32_top1_host", "int8_top1_host", "seconds", "error_kind"):
                     if outcome.get(name) is not None:
@@ -377,6 +448,9 @@ def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSy
                     continue
                 trial.set_user_attr("bench_record", str(measured.path))
                 trial.set_user_attr("target", system.name)
+                where = measured.document.get("remote") or {}
+                if where.get("address"):  # measured over SSH: the machine the latency is from
+                    trial.set_user_attr("target_address", where["address"])
                 study.tell(trial, list(values))
                 summarize(spec, study, folder)
                 on_event("finished", _record(study, trial.number))

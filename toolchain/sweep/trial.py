@@ -36,7 +36,8 @@ def training_key(spec: SweepSpec, model: str) -> str:
 def run_trial(spec: SweepSpec, params: dict[str, Any], artifacts: str, data_dir: str | None) -> dict[str, Any]:
     """Train (or reuse) and export one trial's model; a dict with the artifact, or with ``error`` and ``hint``."""
     started = time.time()
-    where = {"worker_host": socket.gethostname(), "worker_pid": os.getpid(), "ray_node_ip": _node_ip()}
+    where = {"worker_host": socket.gethostname(), "worker_pid": os.getpid(), "ray_node_ip": _node_ip(),
+             "ray_node_id": _node_id()}
     try:
         model = trial_model(spec, params)
         trained = _train(spec, model, Path(artifacts), Path(data_dir) if data_dir else None)
@@ -58,6 +59,15 @@ def _node_ip() -> str | None:
         import ray
 
         return ray.util.get_node_ip_address() if ray.is_initialized() else None
+    except Exception:  # outside Ray (a direct call): no node
+        return None
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     except Exception:  # outside Ray (a direct call): no node
         return None
 
