@@ -139,3 +139,26 @@ def test_agent_runs_from_a_copy_outside_the_package(hps_artifact, tmp_path):
                                    evalset=hps_artifact.folder / "evalset.npz", progress=False))
     assert done.returncode == 0, done.stderr
     assert validate_result(json.loads(output.read_text()))["results"][0]["variant"] == "int8"
+
+
+def test_the_agent_removes_scratch_folders_whose_agent_is_gone_and_leaves_live_ones(hps_artifact, tmp_path):
+    """An agent killed with SIGKILL (or a board that lost power) leaves its scratch folder in the target's temp
+    dir; the next agent removes those whose process is gone, never a live agent's, and leaves none of its own."""
+    import os
+
+    temp = tmp_path / "tmp"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = temp / f"toolchain-bench-{gone.pid}-abc123"
+    live = temp / f"toolchain-bench-{os.getpid()}-def456"
+    other = temp / "bench-something-else"
+    for folder in (dead, live, other):
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"left behind")
+    command = agent_command(sys.executable, AGENT_PATH, {"int8": hps_artifact.folder / "model.int8.onnx"},
+                            BenchSettings(threads=(1,), warmup=0, runs=3), tmp_path / "result.json",
+                            evalset=hps_artifact.folder / "evalset.npz", progress=False)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(temp)})
+    assert done.returncode == 0, done.stderr
+    left = sorted(path.name for path in temp.iterdir() if not path.name.startswith("."))  # onnxruntime's .ses
+    assert left == sorted([live.name, other.name])

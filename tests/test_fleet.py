@@ -240,7 +240,7 @@ def test_ctrl_c_mid_bench_stops_every_agent_releases_the_locks_and_keeps_nothing
         assert {path.name for path in (workdir / artifact.name).iterdir()} == before[workdir]
     for path in outputs:
         assert not path.exists()
-        assert path.parent.name.startswith("bench-agent-") == (not path.parent.exists()), path
+        assert path.parent.name.startswith("toolchain-bench-") == (not path.parent.exists()), path
     hosts = {host.name: host for host in read_inventory(fleet.inventory)}
     for name in names:  # and each target's lock is free again
         profile = host_profile(hosts[name], FleetOptions()).with_overrides(command_timeout=10)

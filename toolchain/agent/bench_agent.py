@@ -33,7 +33,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import common
@@ -304,7 +303,7 @@ def run(options):
     output_folder = os.path.dirname(os.path.abspath(options.output))
     if not os.path.isdir(output_folder):
         raise AgentError("output folder {} does not exist".format(output_folder))
-    scratch = tempfile.mkdtemp(prefix="bench-agent-")
+    scratch = common.scratch_folder("bench")
     common.when_caller_gone(lambda: shutil.rmtree(scratch, ignore_errors=True))
     try:
         results = run_measurements(options, models, thread_counts, scratch)

@@ -95,6 +95,37 @@ def write_json_atomic(path, document):
         _PENDING.discard(temporary)
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's live process
+        return True
+    return True
+
+
+def scratch_folder(kind):
+    """A new scratch folder in the system temp dir, ``toolchain-<kind>-<pid>-XXXX``, after removing those of
+    the same kind whose process is gone (an agent killed with SIGKILL, or its machine's power cut, cannot clean
+    up after itself; the next agent of that kind does). Folders of live processes are left alone."""
+    import shutil
+
+    prefix = "toolchain-{}-".format(kind)
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        names = []
+    for name in names:
+        owner = name[len(prefix):].split("-", 1)[0]
+        if name.startswith(prefix) and owner.isdigit() and not _alive(int(owner)):
+            path = os.path.join(root, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix="{}{}-".format(prefix, os.getpid()), dir=root)
+
+
 # temporary files being written, and what to undo, when the caller goes away (see end_with_caller)
 _PENDING = set()
 _ON_CALLER_GONE = []

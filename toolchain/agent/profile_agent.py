@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import bench_agent
@@ -158,7 +157,7 @@ def node_times(trace_path, warmup):
 
 def profile_model(variant, path, images, threads, batch, warmup, runs, report):
     """One model's per-node profile, in this process, with its optimised graph."""
-    scratch = tempfile.mkdtemp(prefix="profile-agent-")
+    scratch = common.scratch_folder("profile")
     common.when_caller_gone(lambda: shutil.rmtree(scratch, ignore_errors=True))
     optimized = os.path.join(scratch, "optimized.onnx")
     levels = []

@@ -23,7 +23,6 @@ import base64
 import os
 import shutil
 import sys
-import tempfile
 
 import common
 
@@ -34,7 +33,7 @@ def measure(size, threads, model, weights, min_time, repeats):
 
     generator = numpy.random.RandomState(0)
     a = generator.randint(0, 256, (size, size)).astype(numpy.uint8)
-    folder = tempfile.mkdtemp(prefix="toolchain-qgemm-")
+    folder = common.scratch_folder("qgemm")
     try:
         generator.randint(-128, 128, (size, size)).astype(numpy.int8).tofile(os.path.join(folder, weights))
         path = os.path.join(folder, "qgemm.onnx")
