@@ -126,7 +126,7 @@ def test_fleet_deploys_and_benches_every_host_at_most_forks_at_once_and_retries_
     assert benched.returncode == 1, benched.stderr  # the exit code: how many hosts failed
     document = json.loads(benched.stdout)
     hosts = by_host(document)
-    assert fleet.counter.peak <= 3
+    assert fleet.counter.overlap(slack=0.5) <= 3, fleet.counter.spans
     assert document["failed"] == ["board-flaky"] and hosts["board-flaky"]["status"] == "failed"
     assert "signal 9" in hosts["board-flaky"]["error"] or "SIGKILL" in hosts["board-flaky"]["error"]
     assert fleet.kill_marker.exists()
