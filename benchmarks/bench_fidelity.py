@@ -2,10 +2,11 @@
 
 Issue "every paper model ships in INT8 within the gate": each model is exported as a new user would,
 ``toolchain export --model NAME`` with no tolerance or gate override. Without a checkpoint the command
-trains one briefly (`toolchain.pipeline.QUICK_TRAIN`: 2 epochs on 10,000 Fashion-MNIST images), so the
+trains one briefly (`toolchain.pipeline.quick_train_budget`: 2 epochs on 10,000 Fashion-MNIST images, at lr 0.05,
+or 0.01 for a deep HPS), so the
 checkpoints are the short, ill-conditioned ones the deep HPS nets come out of. The trained checkpoints
 and artifacts are kept in ``$TOOLCHAIN_CACHE/fidelity-store`` so that a rerun measures the export again
-without retraining (``--fresh`` retrains). Per model: FP32 and INT8 top-1 on the eval set, the drop, what
+without retraining (``--fresh`` retrains: the named models, or all). Per model: FP32 and INT8 top-1 on the eval set, the drop, what
 the gate did (calibration attempts, the method shipped, nodes kept in float, BatchNorms folded/rescaled),
 and seconds (training and export apart). A model that fails is recorded with its error line; the exit
 status is non-zero only when the benchmark itself breaks. Results: benchmarks/results/fidelity.json.
@@ -59,7 +60,8 @@ def summary(manifest: dict[str, Any], stderr: str) -> dict[str, Any]:
         "fp32_top1": accuracy["fp32"]["top1"], "int8_top1": accuracy["int8"]["top1"],
         "drop_pp": accuracy["drop_pp"], "max_drop_pp": accuracy["max_drop_pp"], "eval_images": accuracy["fp32"]["count"],
         "method": quantization.get("method"),
-        "calibration_search": [{key: attempt[key] for key in ("method", "drop_pp", "passed")}
+        **({"percentile": quantization["percentile"]} if "percentile" in quantization else {}),
+        "calibration_search": [{key: attempt[key] for key in ("method", "percentile", "drop_pp", "passed") if key in attempt}
                                for attempt in quantization.get("calibration_search", [])],
         "kept_float": len(manifest.get("kept_float", [])), "quantizable_nodes": quantization.get("quantizable_nodes"),
         "batchnorm": {key: nodes.get(key) for key in ("batchnorm_folded", "batchnorm_rescaled", "dead_channels")},
@@ -75,8 +77,12 @@ def main(argv: list[str]) -> int:
     fresh = "--fresh" in argv
     models = [name for name in argv if not name.startswith("--")] or list(MODELS)
     store = cache_root() / "fidelity-store"
-    if fresh:
+    if fresh and len(models) == len(MODELS):
         shutil.rmtree(store, ignore_errors=True)
+    elif fresh:  # only these models' checkpoints, artifacts and fine-tunes
+        for model in models:
+            for folder in (store / "train" / model, store / model, store / "qat" / model):
+                shutil.rmtree(folder, ignore_errors=True)
     rows = []
     for model in models:
         print(f"== {model}", file=sys.stderr, flush=True)

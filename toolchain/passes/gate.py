@@ -26,8 +26,8 @@ class GatePass(Pass):
     name = "gate"
     # 2: exact ties of the top logits recorded; 3: --method auto tries more calibrations; 4: a fine-tune's drop is
     # measured from the checkpoint it started from; 5: auto also tries the other format and per-tensor weights;
-    # 6: ties in the ranking ordered by each node's effect on the logits
-    version = 6
+    # 6: ties in the ranking ordered by each node's effect on the logits; 7: auto also tries lower percentiles
+    version = 7
 
     def config_record(self) -> dict[str, Any]:
         return {key: value for key, value in self.config.to_dict().items() if key in GATE_FIELDS}
@@ -61,7 +61,7 @@ class GatePass(Pass):
                             method_pinned=settings.method != "auto")
         search.attempts[()] = (search.measure((), record.int8), record.int8)
         calibrations = [search.calibration_record(seconds=record.note("quantization").get("calibration_seconds", 0.0))]
-        if search.first.drop_pp > settings.max_drop and len(settings.calibration_methods) > 1:
+        if search.first.drop_pp > settings.max_drop and len(settings.calibration_attempts()) > 1:
             search = self._calibration_search(search, record, context, calibrations)
         chosen, ranking, candidates, tie_break = self._search(search, record, context)
         step, path = search.attempts[chosen]
@@ -77,6 +77,7 @@ class GatePass(Pass):
                 "eval_count": int(len(evaluation.labels)),
                 "gate_engaged": len(search.attempts) > 1 or len(calibrations) > 1,
                 "method": search.settings.method, "format": search.settings.format,
+                **({"percentile": search.settings.percentile} if search.settings.method == "percentile" else {}),
                 "per_channel": search.settings.per_channel, "calibration_search": calibrations,
                 "kept_float": list(step.kept_float), "excluded_by_user": list(settings.exclude_nodes),
                 "quantizable_nodes": candidates, "steps": [item.to_dict() for item in search.steps()],
@@ -97,15 +98,17 @@ class GatePass(Pass):
 
         settings: QuantSettings = self.config
         searches = [search]
-        for method in settings.calibration_methods[1:]:
+        for calibration in settings.calibration_attempts()[1:]:
+            label = calibration.calibration_label
             context.on_message(f"drop {searches[-1].first.drop_pp:.2f} pp exceeds --max-drop "
-                               f"{settings.max_drop:g}: trying {method} calibration")
+                               f"{settings.max_drop:g}: trying {label} calibration")
             started = time.perf_counter()
-            cache = search.scratch / f"calibration-{method}.json"
-            calibrate(search.prepared, context.calibration.images, record.input_name, settings.with_method(method), cache)
+            name = label.replace(" ", "-")
+            cache = search.scratch / f"calibration-{name}.json"
+            calibrate(search.prepared, context.calibration.images, record.input_name, calibration, cache)
             seconds = time.perf_counter() - started
-            attempt = GateSearch(search.prepared, cache, settings.with_method(method), search.images, search.labels,
-                                 search.fp32_top1, search.scratch / method, context.on_message, method_pinned=False)
+            attempt = GateSearch(search.prepared, cache, calibration, search.images, search.labels,
+                                 search.fp32_top1, search.scratch / name, context.on_message, method_pinned=False)
             attempt.scratch.mkdir(exist_ok=True)
             attempt.attempt(())
             calibrations.append(attempt.calibration_record(seconds))
@@ -115,8 +118,8 @@ class GatePass(Pass):
         best = min(searches, key=lambda item: item.first.drop_pp)
         for layout in best.settings.layout_alternatives():  # the best ranges, another weight layout: no recalibration
             context.on_message(f"no calibration meets the gate with every node INT8 ({describe(best.settings)}, best "
-                               f"{best.first.drop_pp:.2f} pp with {best.settings.method}): trying {describe(layout)}")
-            name = f"{layout.method}-{layout.format}-{'channel' if layout.per_channel else 'tensor'}"
+                               f"{best.first.drop_pp:.2f} pp with {best.settings.calibration_label}): trying {describe(layout)}")
+            name = f"{layout.calibration_label.replace(' ', '-')}-{layout.format}-{'channel' if layout.per_channel else 'tensor'}"
             attempt = GateSearch(search.prepared, best.cache, layout, search.images, search.labels, search.fp32_top1,
                                  search.scratch / name, context.on_message, method_pinned=False)
             attempt.scratch.mkdir(exist_ok=True)
@@ -126,7 +129,7 @@ class GatePass(Pass):
             if attempt.first.drop_pp <= settings.max_drop:
                 return attempt
         best = min(searches, key=lambda item: item.first.drop_pp)
-        context.on_message(f"no calibration meets the gate with every node INT8; the best is {best.settings.method}, "
+        context.on_message(f"no calibration meets the gate with every node INT8; the best is {best.settings.calibration_label}, "
                            f"{describe(best.settings)} ({best.first.drop_pp:.2f} pp)")
         return best
 

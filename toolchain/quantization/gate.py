@@ -145,7 +145,8 @@ class GateSearch:
     def calibration_record(self, seconds: float) -> dict:
         """This search's calibration as the manifest's decision log has it: method, all-INT8 result, seconds."""
         first = self.first
-        return {"method": self.settings.method, "format": self.settings.format,
+        percentile = {"percentile": self.settings.percentile} if self.settings.method == "percentile" else {}
+        return {"method": self.settings.method, **percentile, "format": self.settings.format,
                 "per_channel": self.settings.per_channel, "int8_top1": first.int8_top1, "drop_pp": first.drop_pp,
                 "passed": first.drop_pp <= self.settings.max_drop, "calibration_seconds": round(seconds, 3),
                 "quantize_and_eval_seconds": round(first.seconds, 3)}

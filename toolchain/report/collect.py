@@ -133,7 +133,8 @@ def training_log(manifest: Manifest) -> dict[str, Any]:
 
 def _gate(manifest: Manifest) -> dict[str, Any]:
     quantization = manifest.quantization
-    return {"method": quantization.get("method"), "format": manifest.settings.get("quantization", {}).get("format"),
+    return {"method": quantization.get("method"), "percentile": quantization.get("percentile"),
+            "format": manifest.settings.get("quantization", {}).get("format"),
             "gate_engaged": quantization.get("gate_engaged"), "kept_float": list(manifest.kept_float),
             "max_drop_pp": manifest.accuracy.max_drop_pp,
             "calibration_search": list(quantization.get("calibration_search") or []),

@@ -107,19 +107,25 @@ def _places(entry: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def _calibration(record: dict[str, Any]) -> Any:
+    """A decision-log entry's calibration in words: its method, with the percentile where it has one."""
+    percentile = record.get("percentile")
+    return f"{record.get('method')} {percentile:g}" if isinstance(percentile, (int, float)) else record.get("method")
+
+
 def _gate_rows(gate: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for attempt in gate.get("calibration_search") or []:
-        rows.append(["calibration", attempt.get("method"), DASH, fmt(attempt.get("int8_top1")),
+        rows.append(["calibration", _calibration(attempt), DASH, fmt(attempt.get("int8_top1")),
                      fmt(attempt.get("drop_pp")), fmt(attempt.get("passed"))])
     for step in gate.get("steps") or []:
         kept = step.get("kept_float") or []
-        rows.append(["nodes kept in float", gate.get("method"), ", ".join(kept) if kept else "none",
+        rows.append(["nodes kept in float", _calibration(gate), ", ".join(kept) if kept else "none",
                      fmt(step.get("int8_top1")), fmt(step.get("drop_pp")),
                      fmt(step.get("drop_pp") is not None and step["drop_pp"] <= gate["max_drop_pp"])])
     if gate.get("qat"):
         qat = gate["qat"]
-        rows.append(["quantization-aware training", gate.get("method"), DASH, fmt(qat.get("int8_top1")),
+        rows.append(["quantization-aware training", _calibration(gate), DASH, fmt(qat.get("int8_top1")),
                      fmt(qat.get("drop_pp")), fmt(qat.get("passed"))])
     return rows
 
