@@ -26,7 +26,8 @@ CalibrationOption = Annotated[Optional[str], typer.Option(
     "--calibration", help="Calibration set: a name under calibration/ (default: the dataset's), a .toml "
     "definition, or a .npy/.npz of preprocessed float32 NCHW images.")]
 MethodOption = Annotated[str, typer.Option(
-    "--method", help="Calibration: auto (default: minmax, then percentile, then entropy until INT8 meets the gate), "
+    "--method", help="Calibration: auto (default: minmax, then percentile, then entropy, then percentile 99.99 and 99.9 "
+    "until INT8 meets the gate), "
     "or pin one of minmax, entropy, percentile.")]
 FormatOption = Annotated[Optional[str], typer.Option(
     "--format", help="qoperator (QLinearConv...; default: fastest measured here) or qdq (Q/DQ pairs). "

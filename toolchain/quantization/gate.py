@@ -140,7 +140,7 @@ class GateSearch:
             f"as quantized, best {best:.2f} pp with up to {limit} of {candidates} nodes kept in float "
             f"(FP32 {self.fp32_top1:.2f}%, {len(self.labels)} eval images)",
             "raise --max-drop or --max-kept-float, or use more calibration images"
-            + (", or --method auto (it tries minmax, percentile and entropy)" if self.method_pinned else ""))
+            + (", or --method auto (it tries minmax, percentile at three levels and entropy)" if self.method_pinned else ""))
 
     def calibration_record(self, seconds: float) -> dict:
         """This search's calibration as the manifest's decision log has it: method, all-INT8 result, seconds."""
