@@ -393,16 +393,24 @@ def _export_after_qat(request: ExportRequest, failure: AccuracyGateError | None,
     checkpoint = request.checkpoint or _find_or_train_checkpoint(request, on_message, on_train_progress)
     quant = request.quant.resolved()[0]
     bits = 7 if quant.reduce_range else 8
+    # the export's own calibration set: the fine-tune measures its activation ranges there and freezes them
+    source = CheckpointSource.open(checkpoint, request.model)
+    plan = _plan_export(request, source, None)
+    sidecar = source.sidecar or {}
+    calibration = ImageSetSpec(plan.calibration, "calibration set", sidecar.get("mean"), sidecar.get("std"),
+                               request.data_dir or sidecar.get("training", {}).get("data_dir"))
     target = qat_checkpoint_path(request.artifacts, resolve(request.model).name, sha256_file(checkpoint),
-                                 request.qat_settings, bits, quant.activation_type, quant.per_channel)
+                                 request.qat_settings, bits, quant.activation_type, quant.per_channel,
+                                 plan.base["calibration"])
     why = failure.message if failure is not None else "--qat"
     on_message((f"post-training INT8 misses the gate ({why}); " if failure is not None else "") +
                f"quantization-aware fine-tuning of {checkpoint.name}: up to {request.qat_settings.epochs} epoch(s) on "
                f"{request.qat_settings.images:,} images, {request.qat_settings.minutes:g} min at most (--no-qat refuses)")
     try:
-        tuned = fine_tune(checkpoint, target, request.qat_settings, bits, quant.activation_type, request.data_dir,
-                          on_train_progress, reason=why, per_channel=quant.per_channel)
-    except (DatasetError, TrainingError) as exc:
+        tuned = fine_tune(checkpoint, target, request.qat_settings, bits, quant.activation_type,
+                          calibration.load().images, request.data_dir, on_train_progress, reason=why,
+                          per_channel=quant.per_channel)
+    except (DatasetError, CalibrationError, TrainingError) as exc:
         if failure is None:
             raise
         raise AccuracyGateError(failure.message, f"{failure.hint}; quantization-aware fine-tuning was not possible: "
