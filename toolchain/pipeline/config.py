@@ -208,7 +208,8 @@ class QatSettings:
     epochs: int = 2
     images: int = 10_000  # training images per epoch (a seeded sample of the train split)
     minutes: float = 15.0
-    # Adam's step: 1e-4 cost the test net 20 pp in float on an ill-conditioned copy, 1e-5 gained 2 (docs/quantization.md)
+    # Adam's step: 1e-4 cost the test net 20 pp in float on an ill-conditioned copy, 1e-5 gained 2 (measured with
+    # moving-average ranges, before they were calibrated and frozen)
     lr: float = 1e-5
     batch_size: int = 32
     seed: int = 0

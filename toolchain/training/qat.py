@@ -129,11 +129,12 @@ def _calibrate_and_freeze_ranges(prepared: nn.Module, images: torch.Tensor, batc
     """Measure every activation range on ``images`` with fake quantization off, then freeze the ranges.
 
     The fine-tuned checkpoint is exported and calibrated again like any other, so the ranges INT8 ships are
-    minmax over the calibration images. Moving-average ranges, re-estimated every batch from 32 images, were
-    not those: measured on the tests' tiny net with channels spread 10^k-fold (docs/quantization.md), the
-    fine-tune then made INT8 worse in one of two trainings (48.7 % to 29.7 % at k = 2.52), and past the
-    cliff it recovered little (11.3 % to 17.7 % at k = 2.6); with ranges calibrated and frozen the same runs
-    gave 55.7 % and 40.7 %. Weight ranges keep following the weights. Returns how many ranges were frozen.
+    minmax over the calibration images of the float network. Moving-average ranges, re-estimated every batch
+    from 32 images, are not those, nor are ranges measured with the weights fake-quantized: measured on the
+    tests' tiny net with channels spread 10^k-fold (docs/quantization.md), they made INT8 worse than no
+    fine-tune (48.7 % to 29.7 % and 20.7 % at k = 2.52) or recovered little (11.3 % to 17.7 % and 16.0 % at
+    k = 2.6); calibrated on the float network and frozen, the same runs gave 56.3 % and 42.0 %. Weight
+    ranges keep following the weights. Returns how many activation ranges were frozen.
     """
     from torch.ao.quantization import FakeQuantize
 
@@ -223,7 +224,8 @@ def fine_tune(checkpoint: Path, output: Path, settings: QatSettings, weight_bits
                                           settings.batch_size)
     # Adam, not SGD: an ill-conditioned checkpoint (channels 10-1000x apart, what QAT is for) gives SGD steps
     # that are that many times too large for the small weights; SGD with momentum collapsed the test net's
-    # fine-tune to 10 % in float where Adam's per-weight step brought INT8 from 11.7 % to 58 % (docs/quantization.md)
+    # fine-tune to 10 % in float where Adam's per-weight step brought INT8 from 11.7 % to 58 % (measured with
+    # moving-average ranges; docs/quantization.md has the numbers with the ranges frozen)
     optimizer = torch.optim.Adam(prepared.parameters(), lr=settings.lr)
     started, history, stopped = time.perf_counter(), [], False
     batches = math.ceil(len(train_set) / settings.batch_size)
