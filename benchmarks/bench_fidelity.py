@@ -75,9 +75,10 @@ def summary(manifest: dict[str, Any], stderr: str) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     fresh = "--fresh" in argv
-    models = [name for name in argv if not name.startswith("--")] or list(MODELS)
+    named = [name for name in argv if not name.startswith("--")]
+    models = named or list(MODELS)
     store = cache_root() / "fidelity-store"
-    if fresh and len(models) == len(MODELS):
+    if fresh and not named:
         shutil.rmtree(store, ignore_errors=True)
     elif fresh:  # only these models' checkpoints, artifacts and fine-tunes
         for model in models:

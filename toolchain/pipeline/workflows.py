@@ -386,7 +386,6 @@ def _export_after_qat(request: ExportRequest, failure: AccuracyGateError | None,
                       on_train_progress: TrainProgressCallback | None) -> PipelineResult:
     """Fine-tune the request's checkpoint with fake quantization (or reuse that fine-tune), then export it."""
     from toolchain.errors import DatasetError, TrainingError
-    from toolchain.hashing import sha256_file
     from toolchain.models import resolve
     from toolchain.training.qat import fine_tune, qat_checkpoint_path
 
@@ -399,7 +398,7 @@ def _export_after_qat(request: ExportRequest, failure: AccuracyGateError | None,
     sidecar = source.sidecar or {}
     calibration = ImageSetSpec(plan.calibration, "calibration set", sidecar.get("mean"), sidecar.get("std"),
                                request.data_dir or sidecar.get("training", {}).get("data_dir"))
-    target = qat_checkpoint_path(request.artifacts, resolve(request.model).name, sha256_file(checkpoint),
+    target = qat_checkpoint_path(request.artifacts, resolve(request.model).name, source.sha256,
                                  request.qat_settings, bits, quant.activation_type, quant.per_channel,
                                  plan.base["calibration"])
     why = failure.message if failure is not None else "--qat"
@@ -408,7 +407,7 @@ def _export_after_qat(request: ExportRequest, failure: AccuracyGateError | None,
                f"{request.qat_settings.images:,} images, {request.qat_settings.minutes:g} min at most (--no-qat refuses)")
     try:
         tuned = fine_tune(checkpoint, target, request.qat_settings, bits, quant.activation_type,
-                          calibration.load().images, request.data_dir, on_train_progress, reason=why,
+                          lambda: calibration.load().images, request.data_dir, on_train_progress, reason=why,
                           per_channel=quant.per_channel)
     except (DatasetError, CalibrationError, TrainingError) as exc:
         if failure is None:

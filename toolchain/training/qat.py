@@ -194,13 +194,13 @@ def _copy_back(prepared: nn.Module, model: nn.Module) -> None:
 
 
 def fine_tune(checkpoint: Path, output: Path, settings: QatSettings, weight_bits: int, activation_type: str,
-              calibration: np.ndarray, data_dir: Path | None = None,
+              calibration: Callable[[], np.ndarray], data_dir: Path | None = None,
               on_progress: Callable[[TrainProgress], None] | None = None, reason: str = "",
               per_channel: bool = True) -> QatResult:
     """Fine-tune ``checkpoint`` with fake quantization into ``output`` (reused when it is already there).
 
-    ``calibration``: the export's calibration images (preprocessed, N x C x H x W float32), on which the
-    activation ranges are measured and then frozen."""
+    ``calibration``: loads the export's calibration images (preprocessed, N x C x H x W float32), on which
+    the activation ranges are measured and then frozen; called only when a fine-tune runs."""
     settings.validate()
     if output.is_file():
         info = load_checkpoint(output).info
@@ -220,8 +220,8 @@ def fine_tune(checkpoint: Path, output: Path, settings: QatSettings, weight_bits
     rescale_batchnorm_after_relu(loaded.model)
     prepared = _prepared(loaded.model, sample, weight_bits, activation_type, per_channel)
     _freeze_batchnorm(prepared)
-    frozen = _calibrate_and_freeze_ranges(prepared, torch.from_numpy(np.ascontiguousarray(calibration, np.float32)),
-                                          settings.batch_size)
+    calibration_images = torch.from_numpy(np.ascontiguousarray(calibration(), np.float32))
+    frozen = _calibrate_and_freeze_ranges(prepared, calibration_images, settings.batch_size)
     # Adam, not SGD: an ill-conditioned checkpoint (channels 10-1000x apart, what QAT is for) gives SGD steps
     # that are that many times too large for the small weights; SGD with momentum collapsed the test net's
     # fine-tune to 10 % in float where Adam's per-weight step brought INT8 from 11.7 % to 58 % (measured with
@@ -258,7 +258,7 @@ def fine_tune(checkpoint: Path, output: Path, settings: QatSettings, weight_bits
     record = {"parent": {"file": str(checkpoint), "sha256": loaded.sha256}, "settings": settings.to_dict(),
               "weight_bits": weight_bits, "activation_type": activation_type, "per_channel": per_channel,
               "library": f"torch.ao {torch.__version__}", "optimizer": "Adam",
-              "activation_ranges": {"observer": "minmax", "calibration_images": len(calibration), "frozen": frozen},
+              "activation_ranges": {"observer": "minmax", "calibration_images": len(calibration_images), "frozen": frozen},
               "epochs_run": len(history), "stopped_by_time_budget": stopped, "history": history,
               "seconds": round(time.perf_counter() - started, 2),
               "fp32_test_top1_after": accuracy.top1, "reason": reason}
