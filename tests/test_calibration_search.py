@@ -1,5 +1,5 @@
 """--method auto: the gate tries minmax, then percentile, then entropy, then percentile at 99.99 and 99.9, all INT8,
-and stops at the first that passes.
+then the same five with the activation channels equalized, and stops at the first that passes.
 
 When none passes, the float search runs on the best of them. Every attempt is in the manifest's decision
 log (`quantization.calibration_search`) with its numbers, and `quantization.method` names the one shipped.
@@ -60,13 +60,16 @@ def test_auto_tries_every_calibration_in_order_then_keeps_nodes_in_float(broken_
                                       artifacts=tmp_path, eval_count=SMALL_EVAL))
     quantization = result.manifest.to_json()["quantization"]
     log = quantization["calibration_search"]
-    # the five calibrations in the default layout, then the best one's ranges with the other format and
-    # with per-tensor weights (no recalibration)
-    assert _calibrations(log[:5]) == AUTO
+    # the five calibrations in the default layout, the same five with the activation channels equalized, then
+    # the best one's ranges with the other format and with per-tensor weights (no recalibration)
+    assert _calibrations(log[:5]) == AUTO and _calibrations(log[5:10]) == AUTO
+    assert [bool(attempt.get("equalized")) for attempt in log[:10]] == [False] * 5 + [True] * 5
     assert [(attempt["format"], attempt["per_channel"]) for attempt in log] == \
-        [("qoperator", True)] * 5 + [("qdq", True), ("qoperator", False)]
-    assert set(_calibrations(log[5:])) == set(_calibrations([min(log[:5], key=lambda a: a["drop_pp"])]))
-    assert all(attempt["calibration_seconds"] == 0.0 for attempt in log[5:])
+        [("qoperator", True)] * 10 + [("qdq", True), ("qoperator", False)]
+    best_calibration = min(log[:10], key=lambda a: a["drop_pp"])
+    assert set(_calibrations(log[10:])) == set(_calibrations([best_calibration]))
+    assert {bool(attempt.get("equalized")) for attempt in log[10:]} == {bool(best_calibration.get("equalized"))}
+    assert all(attempt["calibration_seconds"] == 0.0 for attempt in log[10:])
     assert not any(attempt["passed"] for attempt in log) and all(attempt["drop_pp"] > 1.0 for attempt in log)
     best = min(log, key=lambda attempt: attempt["drop_pp"])
     assert quantization["method"] == best["method"] and quantization["kept_float"]
@@ -76,7 +79,11 @@ def test_auto_tries_every_calibration_in_order_then_keeps_nodes_in_float(broken_
     assert result.manifest.to_json()["accuracy"]["drop_pp"] <= 1.0
 
 
-def test_a_pinned_method_is_not_searched(broken_int8_checkpoint, tmp_path):
+def test_a_pinned_method_is_not_searched(tiny_hps, tmp_path):
+    """At 10**4 (what equalization would repair under auto): pinned, percentile alone, then the float search."""
+    from tests.fixtures.pipeline import break_int8
+
+    broken_int8_checkpoint = break_int8(tiny_hps.checkpoint, tmp_path / "broken" / "checkpoint.pt", decades=4.0)
     request = ExportRequest(model="hps-06-0.25x", checkpoint=broken_int8_checkpoint, artifacts=tmp_path,
                             eval_count=SMALL_EVAL, quant=QuantSettings(method="percentile", max_kept_float=0), qat="off")
     with pytest.raises(AccuracyGateError) as raised:
@@ -128,7 +135,8 @@ def test_a_pinned_layout_is_not_searched(broken_int8_checkpoint, tmp_path):
                                       eval_count=SMALL_EVAL, quant=_quant_options(per_channel=True)))
     log = result.manifest.to_json()["quantization"]["calibration_search"]
     assert [(*calibration, attempt["format"], attempt["per_channel"]) for calibration, attempt in
-            zip(_calibrations(log), log)] == [(*calibration, "qoperator", True) for calibration in AUTO]
+            zip(_calibrations(log), log)] == [(*calibration, "qoperator", True) for calibration in AUTO + AUTO]
+    assert [bool(attempt.get("equalized")) for attempt in log] == [False] * 5 + [True] * 5
 
 
 def test_auto_clips_rare_spikes_with_a_tail_percentile(tiny_hps, tmp_path):
@@ -156,3 +164,30 @@ def test_auto_clips_rare_spikes_with_a_tail_percentile(tiny_hps, tmp_path):
     assert result.drop_pp <= 1.0 and result.kept_float == ()
     assert (result.notes["method"], result.notes["percentile"]) == ("percentile", 99.9)
     assert any("trying percentile 99.9 calibration" in message for message in messages)
+
+
+def test_auto_equalizes_the_activation_channels_when_no_calibration_passes(tiny_hps, tmp_path):
+    """break_int8 at 10**4: every calibration loses ~50 pp (one scale for channels 10**4 apart); equalized, the
+    first calibration ships with every node INT8, and the decision log says so."""
+    from tests.fixtures.pipeline import break_int8
+    from toolchain.report.pages import _gate_rows
+
+    broken = break_int8(tiny_hps.checkpoint, tmp_path / "broken" / "checkpoint.pt", decades=4.0)
+    messages: list[str] = []
+    result = run_export(ExportRequest(model="hps-06-0.25x", checkpoint=broken, artifacts=tmp_path / "store",
+                                      eval_count=SMALL_EVAL, qat="off", quant=QuantSettings(max_kept_float=0)),
+                        on_message=messages.append)
+    manifest = result.manifest.to_json()
+    quantization = manifest["quantization"]
+    log = quantization["calibration_search"]
+    assert _calibrations(log) == AUTO + AUTO[:1]
+    assert [bool(attempt.get("equalized")) for attempt in log] == [False] * 5 + [True]
+    assert all(attempt["drop_pp"] > 10 for attempt in log[:5]) and log[5]["passed"]
+    assert manifest["accuracy"]["drop_pp"] <= 1.0 and quantization["kept_float"] == []
+    equalization = quantization["equalization"]
+    assert equalization["groups"] > 0 and equalization["channels"] > 0 and equalization["alpha"] == 0.5
+    assert equalization["top1_agreement"] == 100.0  # exact: the float function is unchanged
+    assert any("equalizing activation channels" in message for message in messages)
+    assert any("trying equalized, minmax calibration" in message for message in messages)
+    rows = _gate_rows({**quantization, "max_drop_pp": 1.0})
+    assert rows[5][:2] == ["calibration", "equalized, minmax"] and rows[-1][1] == "equalized, minmax"

@@ -27,7 +27,7 @@ CalibrationOption = Annotated[Optional[str], typer.Option(
     "definition, or a .npy/.npz of preprocessed float32 NCHW images.")]
 MethodOption = Annotated[str, typer.Option(
     "--method", help="Calibration: auto (default: minmax, then percentile, then entropy, then percentile 99.99 and 99.9 "
-    "until INT8 meets the gate), "
+    "until INT8 meets the gate, then the same with the activation channels equalized), "
     "or pin one of minmax, entropy, percentile.")]
 FormatOption = Annotated[Optional[str], typer.Option(
     "--format", help="qoperator (QLinearConv...; default: fastest measured here) or qdq (Q/DQ pairs). "

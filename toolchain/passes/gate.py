@@ -26,8 +26,9 @@ class GatePass(Pass):
     name = "gate"
     # 2: exact ties of the top logits recorded; 3: --method auto tries more calibrations; 4: a fine-tune's drop is
     # measured from the checkpoint it started from; 5: auto also tries the other format and per-tensor weights;
-    # 6: ties in the ranking ordered by each node's effect on the logits; 7: auto also tries lower percentiles
-    version = 7
+    # 6: ties in the ranking ordered by each node's effect on the logits; 7: auto also tries lower percentiles;
+    # 8: then the same calibrations with the activation channels equalized
+    version = 8
 
     def config_record(self) -> dict[str, Any]:
         return {key: value for key, value in self.config.to_dict().items() if key in GATE_FIELDS}
@@ -78,6 +79,7 @@ class GatePass(Pass):
                 "gate_engaged": len(search.attempts) > 1 or len(calibrations) > 1,
                 "method": search.settings.method, "format": search.settings.format,
                 **({"percentile": search.settings.percentile} if search.settings.method == "percentile" else {}),
+                **({"equalization": search.equalization} if search.equalization else {}),
                 "per_channel": search.settings.per_channel, "calibration_search": calibrations,
                 "kept_float": list(step.kept_float), "excluded_by_user": list(settings.exclude_nodes),
                 "quantizable_nodes": candidates, "steps": [item.to_dict() for item in search.steps()],
@@ -98,30 +100,42 @@ class GatePass(Pass):
 
         settings: QuantSettings = self.config
         searches = [search]
-        for calibration in settings.calibration_attempts()[1:]:
-            label = calibration.calibration_label
+
+        def attempt_calibration(prepared: Path, calibration: QuantSettings, equalization: dict | None) -> bool:
+            label = ("equalized, " if equalization else "") + calibration.calibration_label
             context.on_message(f"drop {searches[-1].first.drop_pp:.2f} pp exceeds --max-drop "
                                f"{settings.max_drop:g}: trying {label} calibration")
             started = time.perf_counter()
-            name = label.replace(" ", "-")
+            name = label.replace(",", "").replace(" ", "-")
             cache = search.scratch / f"calibration-{name}.json"
-            calibrate(search.prepared, context.calibration.images, record.input_name, calibration, cache)
+            calibrate(prepared, context.calibration.images, record.input_name, calibration, cache)
             seconds = time.perf_counter() - started
-            attempt = GateSearch(search.prepared, cache, calibration, search.images, search.labels,
-                                 search.fp32_top1, search.scratch / name, context.on_message, method_pinned=False)
+            attempt = GateSearch(prepared, cache, calibration, search.images, search.labels, search.fp32_top1,
+                                 search.scratch / name, context.on_message, method_pinned=False,
+                                 equalization=equalization)
             attempt.scratch.mkdir(exist_ok=True)
             attempt.attempt(())
             calibrations.append(attempt.calibration_record(seconds))
             searches.append(attempt)
-            if attempt.first.drop_pp <= settings.max_drop:
-                return attempt
+            return attempt.first.drop_pp <= settings.max_drop
+
+        for calibration in settings.calibration_attempts()[1:]:
+            if attempt_calibration(search.prepared, calibration, None):
+                return searches[-1]
+        equalized = self._equalize(search, record, context)
+        if equalized is not None:
+            for calibration in settings.calibration_attempts():
+                if attempt_calibration(equalized[0], calibration, equalized[1]):
+                    return searches[-1]
         best = min(searches, key=lambda item: item.first.drop_pp)
         for layout in best.settings.layout_alternatives():  # the best ranges, another weight layout: no recalibration
             context.on_message(f"no calibration meets the gate with every node INT8 ({describe(best.settings)}, best "
                                f"{best.first.drop_pp:.2f} pp with {best.settings.calibration_label}): trying {describe(layout)}")
             name = f"{layout.calibration_label.replace(' ', '-')}-{layout.format}-{'channel' if layout.per_channel else 'tensor'}"
-            attempt = GateSearch(search.prepared, best.cache, layout, search.images, search.labels, search.fp32_top1,
-                                 search.scratch / name, context.on_message, method_pinned=False)
+            name = ("equalized-" if best.equalization else "") + name
+            attempt = GateSearch(best.prepared, best.cache, layout, search.images, search.labels, search.fp32_top1,
+                                 search.scratch / name, context.on_message, method_pinned=False,
+                                 equalization=best.equalization)
             attempt.scratch.mkdir(exist_ok=True)
             attempt.attempt(())
             calibrations.append(attempt.calibration_record(0.0))
@@ -129,9 +143,35 @@ class GatePass(Pass):
             if attempt.first.drop_pp <= settings.max_drop:
                 return attempt
         best = min(searches, key=lambda item: item.first.drop_pp)
-        context.on_message(f"no calibration meets the gate with every node INT8; the best is {best.settings.calibration_label}, "
+        context.on_message(f"no calibration meets the gate with every node INT8; the best is "
+                           f"{'equalized, ' if best.equalization else ''}{best.settings.calibration_label}, "
                            f"{describe(best.settings)} ({best.first.drop_pp:.2f} pp)")
         return best
+
+    def _equalize(self, search: "GateSearch", record: ModelRecord, context: "PassContext"
+                  ) -> tuple[Path, dict] | None:
+        """The prepared model with its activation channels equalized (`toolchain.graph.equalize`), checked
+        against the reference like every rewrite; None when nothing in it can be equalized."""
+        from toolchain.errors import ParityError
+        from toolchain.graph.equalize import EQUALIZE_ALPHA, equalize_file
+
+        started = time.perf_counter()
+        path = search.scratch / "equalized.onnx"
+        done = equalize_file(search.prepared, path, context.calibration.images, record.input_name)
+        seconds = time.perf_counter() - started
+        if not done.groups:
+            return None
+        try:
+            measured, agreement = context.check_parity(path, "activation equalization (ONNX vs the reference)")
+        except ParityError as exc:  # exact up to rounding by construction: a model where it is not keeps its ranges
+            context.on_message(f"activation equalization skipped: {exc.message}")
+            return None
+        equalization = {**done.to_dict(), "alpha": EQUALIZE_ALPHA, "parity_max_abs": measured,
+                        "top1_agreement": agreement, "seconds": round(seconds, 3)}
+        context.on_message(f"no calibration meets the gate: equalizing activation channels ({done.channels} channels "
+                           f"in {done.groups} groups rescaled into the weights that read them, exact: max |d| "
+                           f"{measured:.3g}) and calibrating again")
+        return path, equalization
 
     def _search(self, search: "GateSearch", record: ModelRecord, context: "PassContext"
                 ) -> tuple[tuple[str, ...], list, int, dict | None]:

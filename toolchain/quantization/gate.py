@@ -69,8 +69,10 @@ class GateSearch:
     """Attempts at one model with one set of calibration ranges, each measured on the eval set."""
 
     def __init__(self, prepared: Path, cache: Path, settings: QuantSettings, images: np.ndarray, labels: np.ndarray,
-                 fp32_top1: float, scratch: Path, on_message: Messages, method_pinned: bool = True) -> None:
+                 fp32_top1: float, scratch: Path, on_message: Messages, method_pinned: bool = True,
+                 equalization: dict | None = None) -> None:
         self.prepared, self.cache, self.settings = prepared, cache, settings
+        self.equalization = equalization  # what `toolchain.graph.equalize` did to ``prepared``, if it did
         self.method_pinned = method_pinned  # False: --method auto chose this calibration among others
         self.images, self.labels, self.fp32_top1 = images, labels, fp32_top1
         self.scratch, self.on_message = scratch, on_message
@@ -146,7 +148,8 @@ class GateSearch:
         """This search's calibration as the manifest's decision log has it: method, all-INT8 result, seconds."""
         first = self.first
         percentile = {"percentile": self.settings.percentile} if self.settings.method == "percentile" else {}
-        return {"method": self.settings.method, **percentile, "format": self.settings.format,
+        equalized = {"equalized": True} if self.equalization else {}
+        return {"method": self.settings.method, **percentile, **equalized, "format": self.settings.format,
                 "per_channel": self.settings.per_channel, "int8_top1": first.int8_top1, "drop_pp": first.drop_pp,
                 "passed": first.drop_pp <= self.settings.max_drop, "calibration_seconds": round(seconds, 3),
                 "quantize_and_eval_seconds": round(first.seconds, 3)}

@@ -82,7 +82,7 @@ def _ort_enums(settings: QuantSettings) -> tuple:
     return method, quant_format, activation, QuantType.QInt8
 
 
-def _failure(stage: str, exc: Exception, model: Path | str) -> QuantizationError | ArtifactError:
+def ort_failure(stage: str, exc: Exception, model: Path | str) -> QuantizationError | ArtifactError:
     """ORT's error as the stage's failure on ``model`` (a path, or what to call it; a full disk as what it is)."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return disk_error(exc) or QuantizationError(
@@ -106,7 +106,7 @@ def prepare_for_quantization(source: Path, destination: Path, name: str | None =
         with tempfile.TemporaryDirectory(prefix="toolchain-shapes-") as scratch, contextlib.chdir(scratch), quiet_ort():
             quant_pre_process(str(source), str(destination), skip_symbolic_shape=False)
     except Exception as exc:  # shape inference raises assorted errors on unusual graphs
-        raise _failure("quantization pre-processing (shape inference)", exc, name or source) from None
+        raise ort_failure("quantization pre-processing (shape inference)", exc, name or source) from None
 
 
 def calibrate(model: Path, images: np.ndarray, input_name: str, settings: QuantSettings, cache: Path) -> float:
@@ -132,7 +132,7 @@ def calibrate(model: Path, images: np.ndarray, input_name: str, settings: QuantS
             calibrator.collect_data(ImageCalibrationReader(images, input_name))
             save_tensors_data(calibrator.compute_data(), cache)
         except Exception as exc:  # ORT raises ValueError/RuntimeError/Fail for bad graphs or data
-            raise _failure(f"{settings.method} calibration", exc, Path(model)) from None
+            raise ort_failure(f"{settings.method} calibration", exc, Path(model)) from None
     return time.perf_counter() - started
 
 
@@ -164,7 +164,7 @@ def quantize_static_int8(model: Path, output: Path, settings: QuantSettings, cac
                             op_types_to_quantize=list(op_types or quantized_op_types(settings.format)),
                             calibrate_method=method, calibration_cache_path=str(cache))
     except Exception as exc:  # the quantizer raises assorted errors on unusual graphs
-        raise _failure("static INT8 quantization", exc, Path(model)) from None
+        raise ort_failure("static INT8 quantization", exc, Path(model)) from None
     keep_float_weights(output, list(settings.exclude_nodes) + list(keep_float))
     drop_unused_opset_imports(output)
     return output

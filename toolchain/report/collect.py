@@ -134,6 +134,7 @@ def training_log(manifest: Manifest) -> dict[str, Any]:
 def _gate(manifest: Manifest) -> dict[str, Any]:
     quantization = manifest.quantization
     return {"method": quantization.get("method"), "percentile": quantization.get("percentile"),
+            "equalization": quantization.get("equalization"),
             "format": manifest.settings.get("quantization", {}).get("format"),
             "gate_engaged": quantization.get("gate_engaged"), "kept_float": list(manifest.kept_float),
             "max_drop_pp": manifest.accuracy.max_drop_pp,

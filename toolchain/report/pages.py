@@ -108,9 +108,11 @@ def _places(entry: dict[str, Any]) -> list[list[Any]]:
 
 
 def _calibration(record: dict[str, Any]) -> Any:
-    """A decision-log entry's calibration in words: its method, with the percentile where it has one."""
+    """A decision-log entry's calibration in words: its method, with the percentile where it has one, after
+    "equalized, " where the activation channels were equalized first."""
     percentile = record.get("percentile")
-    return f"{record.get('method')} {percentile:g}" if isinstance(percentile, (int, float)) else record.get("method")
+    method = f"{record.get('method')} {percentile:g}" if isinstance(percentile, (int, float)) else record.get("method")
+    return f"equalized, {method}" if record.get("equalized") or record.get("equalization") else method
 
 
 def _gate_rows(gate: dict[str, Any]) -> list[list[Any]]:
