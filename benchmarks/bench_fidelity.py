@@ -61,7 +61,9 @@ def summary(manifest: dict[str, Any], stderr: str) -> dict[str, Any]:
         "drop_pp": accuracy["drop_pp"], "max_drop_pp": accuracy["max_drop_pp"], "eval_images": accuracy["fp32"]["count"],
         "method": quantization.get("method"),
         **({"percentile": quantization["percentile"]} if "percentile" in quantization else {}),
-        "calibration_search": [{key: attempt[key] for key in ("method", "percentile", "drop_pp", "passed") if key in attempt}
+        "equalized": "equalization" in quantization,
+        "calibration_search": [{key: attempt[key] for key in ("method", "percentile", "equalized", "drop_pp", "passed")
+                                if key in attempt}
                                for attempt in quantization.get("calibration_search", [])],
         "kept_float": len(manifest.get("kept_float", [])), "quantizable_nodes": quantization.get("quantizable_nodes"),
         "batchnorm": {key: nodes.get(key) for key in ("batchnorm_folded", "batchnorm_rescaled", "dead_channels")},

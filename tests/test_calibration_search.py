@@ -191,3 +191,27 @@ def test_auto_equalizes_the_activation_channels_when_no_calibration_passes(tiny_
     assert any("trying equalized, minmax calibration" in message for message in messages)
     rows = _gate_rows({**quantization, "max_drop_pp": 1.0})
     assert rows[5][:2] == ["calibration", "equalized, minmax"] and rows[-1][1] == "equalized, minmax"
+
+
+def test_a_bare_onnx_file_is_equalized_against_its_own_input(tiny_hps, tmp_path):
+    """`quantize_with_gate` (what `toolchain optimize` builds candidates with) has no torch reference: the
+    equalized graph is checked against the graph it rewrote."""
+    import onnx
+
+    from tests.fixtures.pipeline import break_int8
+    from toolchain.graph.batchnorm import rewrite_batchnorm_after_relu
+
+    broken = load_checkpoint(break_int8(tiny_hps.checkpoint, tmp_path / "broken.pt", decades=4.0))
+    definition = load_definition("fashion-mnist")
+    calibration = load_image_set(definition, broken.info.mean, broken.info.std)
+    evaluation = load_image_set(definition.eval_counterpart(SMALL_EVAL), broken.info.mean, broken.info.std)
+    path = tmp_path / "model.fp32.onnx"
+    export_onnx(broken.model, torch.from_numpy(evaluation.images[:1]), path)
+    model = onnx.load(str(path))
+    rewrite_batchnorm_after_relu(model)  # as an artifact's model.fp32.onnx has it
+    onnx.save(model, str(path))
+    result = quantize_with_gate(path, tmp_path / "auto.onnx", QuantSettings(max_kept_float=0), calibration,
+                                evaluation, "input")
+    log = result.notes["calibration_search"]
+    assert [bool(attempt.get("equalized")) for attempt in log][-1] and log[-1]["passed"]
+    assert result.drop_pp <= 1.0 and result.notes["equalization"]["top1_agreement"] == 100.0
