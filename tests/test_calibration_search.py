@@ -70,6 +70,10 @@ def test_auto_tries_every_calibration_in_order_then_keeps_nodes_in_float(broken_
     assert set(_calibrations(log[10:])) == set(_calibrations([best_calibration]))
     assert {bool(attempt.get("equalized")) for attempt in log[10:]} == {bool(best_calibration.get("equalized"))}
     assert all(attempt["calibration_seconds"] == 0.0 for attempt in log[10:])
+    from toolchain.report.pages import _gate_rows
+
+    labels = [row[1] for row in _gate_rows({**quantization, "max_drop_pp": 1.0})[10:12]]
+    assert labels[0].endswith(", qdq") and labels[1].endswith(", per-tensor")
     assert not any(attempt["passed"] for attempt in log) and all(attempt["drop_pp"] > 1.0 for attempt in log)
     best = min(log, key=lambda attempt: attempt["drop_pp"])
     assert quantization["method"] == best["method"] and quantization["kept_float"]

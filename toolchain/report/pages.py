@@ -117,8 +117,12 @@ def _calibration(record: dict[str, Any]) -> Any:
 
 def _gate_rows(gate: dict[str, Any]) -> list[list[Any]]:
     rows = []
-    for attempt in gate.get("calibration_search") or []:
-        rows.append(["calibration", _calibration(attempt), DASH, fmt(attempt.get("int8_top1")),
+    attempts = gate.get("calibration_search") or []
+    for attempt in attempts:
+        layout = [word for key, word in (("format", attempt.get("format")),
+                                         ("per_channel", "per-tensor" if attempt.get("per_channel") is False else None))
+                  if attempt.get(key) != attempts[0].get(key) and word]  # the layout alternatives say which
+        rows.append(["calibration", ", ".join([_calibration(attempt), *layout]), DASH, fmt(attempt.get("int8_top1")),
                      fmt(attempt.get("drop_pp")), fmt(attempt.get("passed"))])
     for step in gate.get("steps") or []:
         kept = step.get("kept_float") or []
