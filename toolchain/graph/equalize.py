@@ -183,7 +183,8 @@ def equalization_groups(model: onnx.ModelProto) -> list[_Group]:
     return list(groups.values())
 
 
-def equalize_activations(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alpha: float = 0.5) -> Equalization:
+def equalize_activations(model: onnx.ModelProto, ranges: dict[str, np.ndarray],
+                         alpha: float = EQUALIZE_ALPHA) -> Equalization:
     """Rescale every equalizable group in place from ``ranges`` (tensor -> per-channel range on calibration)."""
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}

@@ -162,10 +162,7 @@ class GatePass(Pass):
         if not done.groups:
             return None
         try:
-            if context.reference is not None:
-                measured, agreement = context.check_parity(path, "activation equalization (ONNX vs the reference)")
-            else:  # a bare ONNX file quantized without a reference (`quantize_with_gate`): against its own input
-                measured, agreement = _rewrite_parity(search.prepared, path, context.evaluation.images)
+            measured, agreement = context.check_parity(path, "activation equalization (ONNX vs the reference)")
         except ParityError as exc:  # exact up to rounding by construction: a model where it is not keeps its ranges
             context.on_message(f"activation equalization skipped: {exc.message}")
             return None
@@ -209,20 +206,6 @@ class GatePass(Pass):
         names = tuple(score.node for score in ranking)
         count = search.smallest_passing(names, min(limit, len(names)), candidates)
         return search.pruned(names[:count]), ranking, candidates, tie_break
-
-
-# an exact rewrite checked against the graph it rewrote, without a float64 reference: float32 rounding's share
-EQUALIZE_RTOL = 1e-4
-
-
-def _rewrite_parity(before: Path, after: Path, images: "np.ndarray") -> tuple[float, float]:
-    """(max |d|, top-1 agreement %) of ``after``'s logits against ``before``'s, or a ParityError."""
-    from toolchain.evaluators.accuracy import onnx_logits
-    from toolchain.evaluators.parity import check_parity, top1_agreement
-
-    reference, candidate = onnx_logits(before, images), onnx_logits(after, images)
-    return (check_parity(reference, candidate, 0.0, EQUALIZE_RTOL, "activation equalization (ONNX vs its input)"),
-            top1_agreement(reference, candidate))
 
 
 def fine_tune_baseline(context: "PassContext") -> dict | None:
