@@ -200,3 +200,48 @@ def test_the_time_budget_stops_training_after_the_epoch_that_crosses_it_and_a_re
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 2  # header + the one epoch
     again = _train(spec, "hps-06-0.25x", tmp_path, None)
     assert (again["trained_now"], again["budget_stopped"], again["checkpoint"]) == (False, True, first["checkpoint"])
+
+
+def test_a_damaged_study_is_one_error_naming_the_file_not_an_internal_error(capsys, tmp_path):
+    import sqlite3
+
+    from toolchain.sweep.study import _distributions, open_study, sweep_folder
+
+    space = tmp_path / "s.toml"
+    space.write_text('[sweep]\nname = "damaged"\n[space]\ndepth = [[1, 1, 1, 1]]\nwidth = [0.25, 0.5]\n')
+    spec = load_space(space)
+    folder = sweep_folder(tmp_path, "damaged")
+    folder.mkdir(parents=True)
+    study = open_study(spec, folder)
+    study.tell(study.ask(_distributions(spec)), [50.0, 0.2, 1000.0])
+    code, err = _cli(capsys, "sweep", "show", space, "--artifacts", tmp_path)
+    assert code == 0, err
+    with sqlite3.connect(folder / "study.db") as connection:  # the study opens, its trials cannot be read
+        connection.execute("DROP TABLE trial_values")
+    code, err = _cli(capsys, "sweep", "show", space, "--artifacts", tmp_path)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 2, err
+    assert lines[0] == (f"error: the sweep study {folder / 'study.db'} is damaged: trial 0 is complete without "
+                        "its 3 objective values") and lines[1].startswith("hint: ")
+
+
+def test_a_study_locked_by_another_program_mid_read_is_one_error_naming_the_file(tmp_path):
+    import sqlite3
+
+    from toolchain.errors import ArtifactError
+    from toolchain.sweep.study import _distributions, _storage_errors, open_study, summarize
+
+    spec = parse_space(SPACE)
+    study = open_study(spec, tmp_path)
+    study.tell(study.ask(_distributions(spec)), [50.0, 0.2, 1000.0])
+    holder = sqlite3.connect(tmp_path / "study.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another program writes the file (SQLite waits 5 s, then gives up)
+    try:
+        with pytest.raises(ArtifactError) as raised:
+            with _storage_errors(tmp_path):
+                summarize(spec, study, tmp_path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert raised.value.message.startswith(f"the sweep study {tmp_path / 'study.db'} failed: ")
+    assert "locked" in raised.value.message and "nothing else writes the file" in raised.value.hint

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from toolchain import __version__
+from toolchain import __version__, interrupts
 from toolchain.cli import models as models_cli
 from toolchain.cli.output import last_message, plain
 from toolchain.errors import ToolchainError
@@ -74,12 +74,10 @@ def _interrupted() -> None:
           "target); rerun the same command to finish: finished work is reused", 130)
 
 
-_interrupts: list[int] = []
-
-
 def _on_interrupt(signum: int, _frame: object) -> None:
-    # typer turns KeyboardInterrupt into a silent exit 130: remember that it was one
-    _interrupts.append(signum)
+    # typer turns KeyboardInterrupt into a silent exit 130, and a library may swallow it or turn it into its own
+    # error: remember that it was one
+    interrupts.record(signum)
     raise KeyboardInterrupt
 
 
@@ -87,14 +85,17 @@ def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    interrupts.clear()
     signal.signal(signal.SIGINT, _on_interrupt)
     try:
         result = app(args=args, prog_name="toolchain", standalone_mode=False)
-        if _interrupts:
+        if interrupts.seen():
             _interrupted()
     except ToolchainError as error:
         if debug:
             traceback.print_exc()
+        if interrupts.seen() and error.exit_code != 130:
+            _interrupted()  # an error a Ctrl-C caused (a storage commit cut short) was the interruption
         _fail(error.message, error.hint, error.exit_code)
     except typer.Abort:
         _interrupted()
@@ -111,6 +112,8 @@ def run(argv: list[str] | None = None) -> None:
     except Exception as error:  # a bug, not a user error: say so, keep the detail behind --debug
         if debug:
             traceback.print_exc()
+        if interrupts.seen():
+            _interrupted()
         disk = disk_error(error)  # a full or read-only disk met where no boundary expected it
         if disk is not None:
             _fail(disk.message, disk.hint, disk.exit_code)

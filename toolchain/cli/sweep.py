@@ -119,11 +119,9 @@ def show(
 ) -> None:
     """Every stored trial of a sweep and its Pareto front, read from the study (and sweep.json rewritten)."""
     from toolchain.sweep.space import load_space
-    from toolchain.sweep.study import open_study, summarize, sweep_folder
+    from toolchain.sweep.study import show_sweep
 
-    spec = load_space(space)
-    folder = sweep_folder(artifacts, spec.name)
-    summary = summarize(spec, open_study(spec, folder, create=False), folder)
+    summary = show_sweep(load_space(space), artifacts)
     if json_output:
         emit_json(summary)
     else:

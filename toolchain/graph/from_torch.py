@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import onnx
 import torch
 from torch import nn
 
+from toolchain import interrupts
 from toolchain.errors import ExportError
 from toolchain.fsutil import disk_error
 from toolchain.pipeline.config import DEFAULT_OPSET, ExportSettings
@@ -41,33 +40,13 @@ class ExportResult:
     seconds: float
 
 
-@contextlib.contextmanager
-def _interrupt_after() -> Iterator[None]:
-    """Ctrl-C inside the block takes effect when the block ends (the previous handler runs then).
-
-    For torch.onnx.export: a KeyboardInterrupt raised inside its tracer's callbacks into Python unwinds
-    through torch's C++ tracing state, and the process died of SIGSEGV before it could say it was
-    interrupted (once in CI, test_interrupts.py). An export of these networks takes seconds.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught and previous is not signal.SIG_IGN:
-        if callable(previous):
-            previous(signal.SIGINT, None)  # the CLI's handler: records the interrupt and raises
-        raise KeyboardInterrupt
-
-
 def _run_exporter(model: nn.Module, sample: torch.Tensor, path: Path, opset: int, exporter: str) -> None:
     kwargs = dict(opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     # Both exporters talk a lot (deprecation notes, dynamo's conversion report); the result is checked below.
-    with _interrupt_after(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    # Ctrl-C waits for the end of the export (seconds): a KeyboardInterrupt raised inside the tracer's callbacks
+    # unwinds through torch's C++ tracing state, and the process died of SIGSEGV before it could say it was
+    # interrupted (once in CI, test_interrupts.py).
+    with interrupts.deferred(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
             from torch.export import Dim

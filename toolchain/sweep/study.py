@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from toolchain import interrupts
 from toolchain.errors import ArtifactError, ToolchainError, UsageError
 from toolchain.fsutil import atomic_write_json, ensure_writable_dir
 from toolchain.sweep.pareto import pareto_front
@@ -43,6 +44,8 @@ SUMMARY_SCHEMA = "toolchain.sweep/1"
 INTERRUPTED = "interrupted before it finished (the sweep was stopped)"
 # asks in a row that only repeat finished points before the sweep says the sampler is stuck
 MAX_REPEATS = 200
+# how often the driver, waiting for a trial, looks for a Ctrl-C that was lost on its way (seconds)
+WAIT_POLL_S = 0.5
 
 Events = Callable[[str, dict[str, Any]], None]
 
@@ -195,6 +198,12 @@ def _record(study: "optuna.Study", number: int) -> dict[str, Any]:
 def summarize(spec: SweepSpec, study: "optuna.Study", folder: Path) -> dict[str, Any]:
     """Every stored trial and the Pareto front computed from the COMPLETE ones; written to sweep.json."""
     trials = [trial_record(t) for t in study.get_trials(deepcopy=False)]
+    for record in trials:
+        if record["state"] == "COMPLETE" and len(record["values"] or ()) != len(OBJECTIVES):
+            raise ArtifactError(f"the sweep study {folder / STUDY_NAME} is damaged: trial {record['number']} is "
+                                f"complete without its {len(OBJECTIVES)} objective values",
+                                "the file was changed outside the sweep: restore it, or move the sweep folder "
+                                "away and run the sweep again")
     complete = {t["number"]: [t["values"][k] for k in OBJECTIVES] for t in trials if t["state"] == "COMPLETE"}
     front = pareto_front(complete, DIRECTIONS)
     summary = {"schema": SUMMARY_SCHEMA, "name": spec.name, "written": datetime.now(timezone.utc).isoformat(
@@ -356,13 +365,27 @@ def run_sweep(spec: SweepSpec, artifacts: Path, system: "BenchSystem", *, worker
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}", "pass e.g. --workers 2")
     folder = ensure_writable_dir(sweep_folder(artifacts, spec.name), "--artifacts")
+    with _storage_errors(folder):
+        return _run_locked(spec, artifacts, folder, system, workers, ray_address, data_dir, prepare, on_event)
+
+
+def show_sweep(spec: SweepSpec, artifacts: Path) -> dict[str, Any]:
+    """A sweep's summary read again from its study (sweep.json rewritten): `toolchain sweep show`."""
+    folder = sweep_folder(artifacts, spec.name)
+    with _storage_errors(folder), interrupts.deferred():
+        return summarize(spec, open_study(spec, folder, create=False), folder)
+
+
+@contextlib.contextmanager
+def _storage_errors(folder: Path) -> Iterator[None]:
+    """A full disk, a locked or damaged study.db met after it opened: one error naming the file."""
     optuna = _optuna()
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        return _run_locked(spec, artifacts, folder, system, workers, ray_address, data_dir, prepare, on_event)
+        yield
     except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as error:
-        # a full disk, a locked or damaged study.db met mid-sweep: the trials told so far are in the file
+        # the trials told so far are in the file
         raise ArtifactError(f"the sweep study {folder / STUDY_NAME} failed: {type(error).__name__}: "
                             f"{_first_line(error)}", "check the disk has room and that nothing else writes the "
                             "file, then rerun the same command: finished trials are kept") from None
@@ -377,18 +400,20 @@ def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSy
     optuna = _optuna()
     settings = BenchSettings(threads=(spec.bench.threads,), batch=1, warmup=spec.bench.warmup, runs=spec.bench.runs)
     with _sweep_lock(folder):
-        _check_same_space(spec, folder)
-        study = open_study(spec, folder)
-        recovered = recover_interrupted(study)
+        with interrupts.deferred():  # storage calls are never cut by Ctrl-C (see toolchain.interrupts)
+            _check_same_space(spec, folder)
+            study = open_study(spec, folder)
+            recovered = recover_interrupted(study)
+            distributions = _distributions(spec)
+            stored = study.get_trials(deepcopy=False)
         if recovered:
             on_event("recovered", {"numbers": recovered})
-        distributions = _distributions(spec)
-        stored = study.get_trials(deepcopy=False)
         seen = {_key(t.params) for t in stored if _counted(t)}
         counted = sum(_counted(t) for t in stored)
         grid = {_key(point) for point in spec.grid()}
         if counted >= spec.trials or grid <= seen:
-            return SweepOutcome(folder, summarize(spec, study, folder), 0)
+            with interrupts.deferred():
+                return SweepOutcome(folder, summarize(spec, study, folder), 0)
         stop_ray = _start_ray(ray_address, workers)  # says so in one line where ray is missing
         import ray
 
@@ -398,84 +423,101 @@ def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSy
         ran, repeats = 0, 0
         try:
             while True:
-                while (len(in_flight) < workers and counted + len(in_flight) < spec.trials
-                       and not grid <= seen and repeats < MAX_REPEATS):
-                    trial = study.ask(distributions)
-                    key = _key(trial.params)
-                    if key in seen:  # a point already run (or running): not run twice
-                        trial.set_user_attr("repeat_of_params", True)
-                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                        repeats += 1
-                        continue
-                    repeats = 0
-                    seen.add(key)
-                    trial.set_user_attr("model", trial_model(spec, trial.params))
-                    trial.set_user_attr("ray_cluster", cluster)
-                    ref = remote.remote(spec, trial.params, str(artifacts.resolve()),
-                                        str(data_dir.resolve()) if data_dir else None)
-                    in_flight[ref] = trial
-                    on_event("started", {"number": trial.number, "params": trial.params,
-                                         "model": trial.user_attrs["model"]})
+                with interrupts.deferred():
+                    while (len(in_flight) < workers and counted + len(in_flight) < spec.trials
+                           and not grid <= seen and repeats < MAX_REPEATS):
+                        trial = study.ask(distributions)
+                        key = _key(trial.params)
+                        if key in seen:  # a point already run (or running): not run twice
+                            trial.set_user_attr("repeat_of_params", True)
+                            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                            repeats += 1
+                            continue
+                        repeats = 0
+                        seen.add(key)
+                        trial.set_user_attr("model", trial_model(spec, trial.params))
+                        trial.set_user_attr("ray_cluster", cluster)
+                        ref = remote.remote(spec, trial.params, str(artifacts.resolve()),
+                                            str(data_dir.resolve()) if data_dir else None)
+                        in_flight[ref] = trial
+                        on_event("started", {"number": trial.number, "params": trial.params,
+                                             "model": trial.user_attrs["model"]})
                 if not in_flight:
                     break
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                trial = in_flight.pop(ready[0])
+                ready = _next_done(ray, list(in_flight))
+                trial = in_flight.pop(ready)
                 try:
-                    outcome = ray.get(ready[0])
+                    outcome = ray.get(ready)
                 except Exception as error:  # the worker died, or Ray lost the task: the trial failed, not the sweep
                     outcome = {"error": f"Ray: {type(error).__name__}: {_first_line(error)}",
                                "hint": "see the Ray worker logs; the trial is recorded as failed"}
                 ran += 1
                 counted += 1
-                for name in ("worker_host", "worker_pid", "ray_node_ip", "ray_node_id", "train_run", "epochs_done", "budget_stopped",
-                             "trained_now", "train_seconds", "artifact", "artifact_id", "export_cached",
-                             "export_seconds", "fp32_top1_host", "int8_top1_host", "seconds", "error_kind"):
-                    if outcome.get(name) is not None:
-                        trial.set_user_attr(name, outcome[name])
-                if "error" in outcome:
-                    _fail(study, trial, outcome["error"], outcome.get("hint", ""))
-                    summarize(spec, study, folder)
-                    on_event("failed", _record(study, trial.number))
-                    continue
-                try:
+                with interrupts.deferred():
+                    for name in ("worker_host", "worker_pid", "ray_node_ip", "ray_node_id", "train_run", "epochs_done",
+                                 "budget_stopped", "trained_now", "train_seconds", "artifact", "artifact_id",
+                                 "export_cached", "export_seconds", "fp32_top1_host", "int8_top1_host", "seconds",
+                                 "error_kind"):
+                        if outcome.get(name) is not None:
+                            trial.set_user_attr(name, outcome[name])
+                    if "error" in outcome:
+                        _fail(study, trial, outcome["error"], outcome.get("hint", ""))
+                        summarize(spec, study, folder)
+                        on_event("failed", _record(study, trial.number))
+                        continue
+                try:  # a deploy and a bench can take minutes: Ctrl-C stops them
                     prepare(Path(outcome["artifact"]))
                     measured = bench(system, Path(outcome["artifact"]), settings)
                     values = _objectives(measured.document, spec.bench.threads)
                 except ToolchainError as error:
-                    _fail(study, trial, error.message, error.hint or "")
-                    summarize(spec, study, folder)
-                    on_event("failed", _record(study, trial.number))
+                    with interrupts.deferred():
+                        _fail(study, trial, error.message, error.hint or "")
+                        summarize(spec, study, folder)
+                        on_event("failed", _record(study, trial.number))
                     continue
-                trial.set_user_attr("bench_record", str(measured.path))
-                trial.set_user_attr("target", system.name)
-                where = measured.document.get("remote") or {}
-                if where.get("address"):  # measured over SSH: the machine the latency is from
-                    trial.set_user_attr("target_address", where["address"])
-                study.tell(trial, list(values))
-                summarize(spec, study, folder)
-                on_event("finished", _record(study, trial.number))
+                with interrupts.deferred():
+                    trial.set_user_attr("bench_record", str(measured.path))
+                    trial.set_user_attr("target", system.name)
+                    where = measured.document.get("remote") or {}
+                    if where.get("address"):  # measured over SSH: the machine the latency is from
+                        trial.set_user_attr("target_address", where["address"])
+                    study.tell(trial, list(values))
+                    summarize(spec, study, folder)
+                    on_event("finished", _record(study, trial.number))
         except BaseException:
             # Ctrl-C (or anything else) with trials in flight: cancel them, record them as interrupted
             for ref in in_flight:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             # every trial not yet told (in Ray, being measured, or just asked): this driver holds the lock
-            # (a Ctrl-C inside a storage call can leave that connection unusable: then a fresh one; failing
+            # (a storage call that failed can leave that connection unusable: then a fresh one; failing
             # both, the next run marks them before it asks anything)
-            for fresh in (False, True):
-                try:
-                    recover_interrupted(open_study(spec, folder) if fresh else study)
-                    break
-                except Exception:
-                    continue
-            with contextlib.suppress(Exception):
-                summarize(spec, study, folder)
+            with interrupts.deferred():
+                for fresh in (False, True):
+                    try:
+                        recover_interrupted(open_study(spec, folder) if fresh else study)
+                        break
+                    except Exception:
+                        continue
+                with contextlib.suppress(Exception):
+                    summarize(spec, study, folder)
             raise
         finally:
             stop_ray()
         if repeats >= MAX_REPEATS:
             on_event("stuck", {"repeats": repeats})
-        return SweepOutcome(folder, summarize(spec, study, folder), ran)
+        with interrupts.deferred():
+            return SweepOutcome(folder, summarize(spec, study, folder), ran)
+
+
+def _next_done(ray: Any, refs: list[Any]) -> Any:
+    """The first of ``refs`` to finish. The wait is polled: a Ctrl-C whose KeyboardInterrupt was lost (in a
+    weakref callback, see toolchain.interrupts) still stops the sweep within `WAIT_POLL_S`."""
+    while True:
+        ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_POLL_S)
+        if ready:
+            return ready[0]
+        interrupts.raise_if_seen()
 
 
 def _fail(study: "optuna.Study", trial: Any, message: str, hint: str) -> None:
