@@ -186,3 +186,21 @@ def test_an_error_that_follows_a_ctrl_c_is_reported_as_the_interruption(monkeypa
     with pytest.raises(SystemExit) as exited:
         run(["models", "nothing-*"])
     assert exited.value.code == 2 and "no model matches" in capsys.readouterr().err
+
+
+def test_a_deferred_ctrl_c_takes_effect_when_the_outermost_deferred_block_ends() -> None:
+    from toolchain import interrupts
+
+    reached, before = [], signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.deferred():
+                with interrupts.deferred():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.05)  # the handler has run: nothing raised
+                    reached.append("inner")
+                reached.append("outer")  # the inner block's end does not raise inside the outer one
+        assert reached == ["inner", "outer"] and interrupts.seen()
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        interrupts.clear()

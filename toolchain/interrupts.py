@@ -56,12 +56,17 @@ def deferred() -> Iterator[None]:
         record(signum)
         caught.append(signum)
 
+    hold.deferring = True  # type: ignore[attr-defined]
     previous = signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught and previous is not signal.SIG_IGN:
-        if callable(previous):
-            previous(signal.SIGINT, None)  # the CLI's handler: records the interrupt and raises
-        raise KeyboardInterrupt
+    if not caught or previous is signal.SIG_IGN:
+        return
+    if getattr(previous, "deferring", False):
+        previous(signal.SIGINT, None)  # inside another deferred block: that one raises when it ends
+        return
+    if callable(previous):
+        previous(signal.SIGINT, None)  # the CLI's handler: records the interrupt and raises
+    raise KeyboardInterrupt
