@@ -16,7 +16,7 @@ test *ARGS:
     #!/usr/bin/env bash
     set -uo pipefail
     export TOOLCHAIN_REQUIRE_ALL=1
-    {{bin}}/pytest {{ARGS}}
+    {{bin}}/pytest --durations=20 {{ARGS}}
     rc=$?
     if [ $rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 0; fi
     exit $rc
