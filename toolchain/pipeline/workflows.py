@@ -355,10 +355,13 @@ def _torch_rounding(context: PassContext) -> "np.ndarray":
 
 def _execute(plan: Plan, store: ArtifactStore, context_arguments: dict[str, Any], started: float) -> PipelineResult:
     """Run a plan's passes into a staging folder of the store and publish it as the artifact."""
+    # the C extensions load before anything is written: a Ctrl-C while onnx's initialises can kill the process
+    # (SIGSEGV or SIGABRT, measured; docs/reliability.md), and then no staging folder is left behind
+    versions = _runtime_versions()
     with tempfile.TemporaryDirectory(prefix="toolchain-run-") as scratch, store.staging() as stage:
         context = PassContext(model=plan.model, artifact_id=plan.artifact_id, scratch=Path(scratch),
                               facts={**plan.facts, "hash_inputs": plan.hash_inputs}, **context_arguments)
-        context.facts["versions"] = _runtime_versions()
+        context.facts["versions"] = versions
         Runner(PassCache(default_pass_cache()), context).run(plan.passes, plan.base, stage)
         folder = store.publish(stage, plan.model, plan.artifact_id)
     return PipelineResult(folder, context.manifest, cached=False, seconds=time.perf_counter() - started)
