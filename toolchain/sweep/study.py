@@ -421,6 +421,13 @@ def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSy
         cluster = ray.get_runtime_context().gcs_address  # where the trials run (the GCS of that Ray)
         in_flight: dict[Any, Any] = {}
         ran, repeats = 0, 0
+
+        def failed(trial: Any, message: str, hint: str) -> None:  # told FAIL, the summary written, and said
+            with interrupts.deferred():
+                _fail(study, trial, message, hint)
+                summarize(spec, study, folder)
+                on_event("failed", _record(study, trial.number))
+
         try:
             while True:
                 with interrupts.deferred():
@@ -461,19 +468,14 @@ def _run_locked(spec: SweepSpec, artifacts: Path, folder: Path, system: "BenchSy
                         if outcome.get(name) is not None:
                             trial.set_user_attr(name, outcome[name])
                     if "error" in outcome:
-                        _fail(study, trial, outcome["error"], outcome.get("hint", ""))
-                        summarize(spec, study, folder)
-                        on_event("failed", _record(study, trial.number))
+                        failed(trial, outcome["error"], outcome.get("hint", ""))
                         continue
                 try:  # a deploy and a bench can take minutes: Ctrl-C stops them
                     prepare(Path(outcome["artifact"]))
                     measured = bench(system, Path(outcome["artifact"]), settings)
                     values = _objectives(measured.document, spec.bench.threads)
                 except ToolchainError as error:
-                    with interrupts.deferred():
-                        _fail(study, trial, error.message, error.hint or "")
-                        summarize(spec, study, folder)
-                        on_event("failed", _record(study, trial.number))
+                    failed(trial, error.message, error.hint or "")
                     continue
                 with interrupts.deferred():
                     trial.set_user_attr("bench_record", str(measured.path))
